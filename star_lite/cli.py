@@ -1,0 +1,92 @@
+"""Command line: star-lite run | eval."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .config import ConfigError, load_config
+
+EPILOG = """examples:
+  star-lite run configs/quickstart.yaml
+  star-lite run configs/quickstart.yaml --set star.iterations=4 --set run.output_dir=runs/longer
+  star-lite eval configs/quickstart.yaml --adapter runs/quickstart/iter_002/adapter
+Running the same command again continues after the last finished iteration."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="star-lite", description="Self-taught reasoning (STaR) on one GPU.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="YAML config file (see configs/; every key is commented there)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set train.learning_rate=1e-4 (repeatable; "
+                            "values are read as YAML)")
+        p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+    p_run = sub.add_parser("run", help="run or continue the STaR loop; writes the run directory",
+                           description="Run STaR: sample rationales, rationalize, train a fresh LoRA adapter "
+                                       "per iteration, evaluate. Continues an interrupted run.")
+    add_common(p_run)
+    p_eval = sub.add_parser("eval", help="held-out accuracy of the base model or a saved adapter",
+                            description="Greedy accuracy on the task's held-out problems.")
+    add_common(p_eval)
+    p_eval.add_argument("--adapter", help="a saved adapter directory (iter_NNN/adapter); default: the base model")
+    p_eval.add_argument("--zero-shot", action="store_true",
+                        help="prompt with the bare question (as adapters are trained); default: few-shot "
+                             "for the base model, bare question for an adapter")
+    p_eval.add_argument("--out", help="write per-problem results to this jsonl file")
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from .loop import run
+
+    cfg = load_config(args.config, args.overrides)
+    rows = run(cfg)
+    print(f"{'iteration':>9} {'accuracy':>9} {'train ex.':>9} {'rationalized':>12} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['iteration']:>9} {r['accuracy']:>9.3f} {r['num_train_examples']:>9} "
+              f"{r['num_rationalized']:>12} {r['seconds']:>8.0f}")
+    print(f"run directory: {cfg.run.output_dir}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .api import evaluate_model
+
+    cfg = load_config(args.config, args.overrides)
+    few_shot = not args.zero_shot and args.adapter is None
+    result = evaluate_model(cfg, adapter=args.adapter, few_shot=few_shot, out=args.out)
+    print(f"accuracy {result['accuracy']:.3f} on {result['num_eval']} problems "
+          f"({'few-shot' if few_shot else 'zero-shot'}, {args.adapter or 'base model'})")
+    for group, acc in result["accuracy_by_difficulty"].items():
+        print(f"  {group}: {acc:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _cmd_run, "eval": _cmd_eval}[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    except Exception as err:  # one paragraph with the fix; --debug shows the traceback
+        from .models import ModelError
+        from .tasks.datafiles import DataError
+        from .training import TrainingError
+
+        known = (ConfigError, DataError, ModelError, TrainingError, ValueError, FileNotFoundError)
+        if args.debug or not isinstance(err, known):
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

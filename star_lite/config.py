@@ -1,0 +1,292 @@
+"""Typed run configuration: YAML in, validated dataclasses out.
+
+One level of nesting (model, task, sampling, star, train, eval, run). Unknown keys are
+rejected with the closest valid name; wrong types name the field and the expected form.
+
+>>> cfg = from_dict({"star": {"iterations": 2}}, overrides=["train.start_steps=10"])
+>>> cfg.star.iterations, cfg.train.start_steps
+(2, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be used; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "smollm2-135m-instruct"  # embedded model, a Hub id, or a local directory
+    load_in_4bit: bool = True  # bitsandbytes NF4 with double quantization
+    compute_dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    device: str = "auto"  # auto: cuda if available, else cpu
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"  # a built-in task, or "package.module:ClassName"
+    num_train: int = 256  # training problems STaR writes rationales for (0 = all)
+    num_test: int = 100  # held-out problems for evaluation (0 = all)
+    num_few_shot: int = 8  # worked examples in the prompt (paper: 7-10)
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the task's constructor
+
+
+@dataclass
+class SamplingConfig:
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy, as in the STaR paper (sampling gave worse models)
+    top_p: float = 1.0
+    few_shot_after_training: bool = False  # trained adapters see the bare question, as in their training data
+
+
+@dataclass
+class StarConfig:
+    iterations: int = 3
+    rationalization: bool = True  # retry wrong problems with the gold answer as a hint
+    stop_on_empty: bool = True  # stop the run when an iteration keeps no rationale
+
+
+@dataclass
+class TrainConfig:
+    start_steps: int = 40  # paper: 40 steps in the first iteration
+    step_growth: float = 1.2  # paper: +20% per iteration
+    learning_rate: float = 2e-4  # paper's 1e-6 is for a full fine-tune; LoRA needs more
+    warmup_steps: int = 5  # paper: 100, scaled to the short LoRA schedules
+    batch_size: int = 8  # paper: 8 sequences
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    gradient_checkpointing: bool = False
+    weight_decay: float = 0.0
+    logging_steps: int = 10
+    report_to: str = "none"  # any of TRL/transformers' report_to values: tensorboard, trackio, wandb
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    max_new_tokens: int = 64
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/star"
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    star: StarConfig = field(default_factory=StarConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Keys that may differ from a run's saved config when it is continued: they change how
+# much is done or how fast, never what an already finished iteration means.
+RESUMABLE_KEYS = {
+    "star.iterations",
+    "star.stop_on_empty",
+    "sampling.batch_size",
+    "eval.batch_size",
+    "train.logging_steps",
+    "train.report_to",
+    "run.output_dir",
+}
+
+_RANGES = {  # field -> (minimum, maximum or None)
+    "task.num_train": (0, None),
+    "task.num_test": (0, None),
+    "task.num_few_shot": (0, None),
+    "sampling.batch_size": (1, None),
+    "sampling.max_new_tokens": (1, None),
+    "sampling.temperature": (0.0, None),
+    "sampling.top_p": (0.0, 1.0),
+    "star.iterations": (0, None),
+    "train.start_steps": (1, None),
+    "train.step_growth": (1.0, None),
+    "train.learning_rate": (0.0, None),
+    "train.warmup_steps": (0, None),
+    "train.batch_size": (1, None),
+    "train.gradient_accumulation_steps": (1, None),
+    "train.max_length": (8, None),
+    "eval.batch_size": (1, None),
+    "eval.max_new_tokens": (1, None),
+    "model.lora_r": (1, None),
+    "model.lora_dropout": (0.0, 1.0),
+}
+_CHOICES = {
+    "model.compute_dtype": {"auto", "float32", "bfloat16", "float16"},
+    "model.device": {"auto", "cpu", "cuda"},
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if tp is Any:
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item)}, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping (key: value), got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown key '{where}{key}'.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _build_section(cls: type, data: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {data!r}")
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(key, names, f"{section}.")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and choices; raise ConfigError naming the field."""
+    for dotted, (lo, hi) in _RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(f"{dotted}: must be {bound}, got {value!r}")
+    for dotted, choices in _CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"{dotted}: must be one of {sorted(choices)}, got {value!r}")
+    return cfg
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. star.iterations=3")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"--set {item!r}: the key must be section.key, e.g. train.learning_rate")
+        section, key = parts
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{section}: expected a mapping of keys")
+        data[section][key] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def from_dict(data: dict[str, Any] | None, overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from nested dicts (YAML's shape) plus --set overrides."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in (data or {}).items()}
+    data = apply_overrides(data, overrides or [])
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    built = {}
+    for name, value in data.items():
+        if name not in sections:
+            raise _unknown_key(name, list(sections), "")
+        built[name] = _build_section(hints[name], value or {}, name)
+    return validate(Config(**built))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (or the defaults when path is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, task, ...) at the top")
+    return from_dict(data, overrides)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not prefix:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def diff_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

@@ -1,0 +1,210 @@
+"""The STaR loop (Zelikman et al., 2022), on one screen.
+
+    iteration 0: few-shot accuracy of the base model
+    for n = 1..N:
+        rationales     the model of iteration n-1 answers every training problem
+        filter         keep rationales whose answer the task's grader accepts
+        rationalize    retry the wrong ones with the gold answer as a hint; keep the right ones,
+                       saved without the hint and marked rationalized
+        train          a fresh LoRA adapter on the frozen base, start_steps * growth^(n-1) steps
+        evaluate       greedy held-out accuracy
+        save           iter_NNN/ and a metrics row (the row marks the iteration finished)
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .evaluation import evaluate
+from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
+from .rundir import RunDir, append_jsonl, read_jsonl, write_jsonl
+from .sampling import generate
+from .tasks import Problem, Task, load_task
+from .tasks.datafiles import DataError
+from .training import num_steps, release_memory, train_adapter
+
+
+def log(msg: str) -> None:
+    print(f"[star_lite] {msg}", file=sys.stderr, flush=True)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def build_task(cfg: Config) -> tuple[Task, list[Problem], list[Problem]]:
+    """The task and its train/test problems; refuses empty data before any model is loaded."""
+    task = load_task(cfg.task.name, **cfg.task.options)
+    train = task.load("train", cfg.task.num_train, cfg.run.seed)
+    test = task.load("test", cfg.task.num_test, cfg.run.seed)
+    for split, problems in (("train", train), ("test", test)):
+        if not problems:
+            raise DataError(f"task '{cfg.task.name}' has no {split} problems; check task.options and "
+                            f"task.num_{split}")
+    return task, train, test
+
+
+def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
+                      hint: bool, few_shot: bool, cache: Path) -> list[dict[str, Any]]:
+    """One rationale per problem (hint: the rationalization prompt). Saved per batch to ``cache``
+    so an interrupted iteration does not sample again what it already has."""
+    phase = "rationalization" if hint else "rationale"
+    done = {r["id"]: r for r in read_jsonl(cache) if r["phase"] == phase}
+    todo = [p for p in problems if p.id not in done]
+    num_shots = cfg.task.num_few_shot if (few_shot or hint) else 0  # hints are taught by example
+
+    def save(indices: list[int], gens) -> None:
+        rows = []
+        for i, g in zip(indices, gens):
+            p = todo[i]
+            text = task.clean_completion(g.text)
+            rows.append({"id": p.id, "phase": phase, "question": p.question, "gold": p.answer,
+                         "completion": task.remove_hint(text) if hint else text,
+                         "answer": task.extract_answer(text), "correct": task.is_correct(text, p),
+                         "tokens": g.num_tokens})
+        append_jsonl(cache, rows)
+        done.update((r["id"], r) for r in rows)
+
+    if todo:
+        prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots) for p in todo]
+        generate(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
+                 max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+                 top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=phase, on_batch=save)
+    return [done[p.id] for p in problems]
+
+
+def keep_examples(task: Task, problems: list[Problem], samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training pairs from correct samples: bare question as prompt, rationale as completion;
+    exact duplicates dropped."""
+    by_id = {p.id: p for p in problems}
+    seen, kept = set(), []
+    for s in samples:
+        if not s["correct"]:
+            continue
+        pair = (task.format_question(by_id[s["id"]]), task.format_completion(s["completion"]))
+        if pair in seen:
+            continue
+        seen.add(pair)
+        kept.append({"prompt": pair[0], "completion": pair[1], "id": s["id"],
+                     "rationalized": s["phase"] == "rationalization"})
+    return kept
+
+
+def clear_unfinished(it_dir: Path) -> None:
+    """Remove what an interrupted attempt at this iteration left, except its saved samples."""
+    shutil.rmtree(it_dir / "adapter", ignore_errors=True)
+    for name in ("train.jsonl", "eval.jsonl", "samples.jsonl"):
+        (it_dir / name).unlink(missing_ok=True)
+    it_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run(cfg: Config) -> list[dict[str, Any]]:
+    """Run (or continue) STaR as configured; return the metrics rows, one per iteration."""
+    rundir = RunDir(cfg.run.output_dir)
+    changed = rundir.prepare(cfg)
+    if changed:
+        log(f"continuing with changed settings: {', '.join(changed)}")
+    task, train_problems, test_problems = build_task(cfg)
+    finished = rundir.finished()
+    if finished and max(finished) >= cfg.star.iterations:
+        log(f"{rundir.root}: all {cfg.star.iterations} iterations are finished")
+        return rundir.metrics()
+
+    torch.manual_seed(cfg.run.seed)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    base = load_base_model(cfg.model)
+    if not cfg.model.load_in_4bit:
+        log(f"the base model runs in {next(base.parameters()).dtype}, not 4-bit (model.load_in_4bit=false)")
+
+    # --- iteration 0: the few-shot base model --------------------------------------------
+    if 0 not in finished:
+        t0 = time.time()
+        result, records = evaluate(base, tokenizer, task, test_problems, cfg, few_shot=True)
+        write_jsonl(rundir.iter_dir(0) / "eval.jsonl", records)
+        row = {"iteration": 0, **result, "num_train_examples": 0, "num_rationalized": 0,
+               "seconds": round(time.time() - t0, 1), "seconds_eval": round(time.time() - t0, 1),
+               "peak_memory_mb": round(peak_memory_mb())}
+        rundir.add_metrics(row)
+        log(f"iteration 0 (few-shot base): accuracy {result['accuracy']:.3f}")
+        finished[0] = row
+
+    last = max(finished)
+    model = base if last == 0 else load_adapter(base, rundir.iter_dir(last) / "adapter")
+    for it in range(last + 1, cfg.star.iterations + 1):
+        t0, timings = time.time(), {}
+        it_dir = rundir.iter_dir(it)
+        clear_unfinished(it_dir)
+        cache = it_dir / "samples.partial.jsonl"  # kept across a restart: sampling resumes from it
+        few_shot = model is base or cfg.sampling.few_shot_after_training
+
+        # --- rationale generation and filtering -------------------------------------------
+        t = time.time()
+        samples = sample_rationales(model, tokenizer, task, train_problems, cfg, hint=False,
+                                    few_shot=few_shot, cache=cache)
+        timings["seconds_sampling"] = round(time.time() - t, 1)
+        num_correct = sum(s["correct"] for s in samples)
+
+        # --- rationalization: the gold answer as a hint, for the problems still wrong -------
+        t = time.time()
+        rationalized: list[dict[str, Any]] = []
+        if cfg.star.rationalization:
+            wrong = [p for p, s in zip(train_problems, samples) if not s["correct"]]
+            rationalized = sample_rationales(model, tokenizer, task, wrong, cfg, hint=True,
+                                             few_shot=True, cache=cache)
+        timings["seconds_rationalization"] = round(time.time() - t, 1)
+        all_samples = samples + rationalized
+        write_jsonl(it_dir / "samples.jsonl", all_samples)
+        kept = keep_examples(task, train_problems, all_samples)
+        write_jsonl(it_dir / "train.jsonl", kept)
+        num_rationalized = sum(k["rationalized"] for k in kept)
+        log(f"iteration {it}: {num_correct}/{len(train_problems)} answered right, "
+            f"{num_rationalized} rationalized, {len(kept)} training examples")
+        if not kept:
+            msg = (f"iteration {it} kept no rationale: the model answered no training problem right"
+                   + (" even with the hint" if cfg.star.rationalization else "")
+                   + ". A model must start above chance to bootstrap; try an easier task setting, "
+                     "a different rationale format, or a larger model.")
+            if cfg.star.stop_on_empty:
+                log(msg + " Stopping (star.stop_on_empty=true).")
+                break
+            log(msg + " Continuing with the previous model (star.stop_on_empty=false).")
+            continue
+
+        # --- train a fresh adapter from the base weights ------------------------------------
+        t = time.time()
+        steps = num_steps(it, cfg.train.start_steps, cfg.train.step_growth)
+        base = detach_adapter(model)
+        del model
+        release_memory()
+        model, history = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
+                                                         for k in kept], cfg, steps, it_dir)
+        timings["seconds_training"] = round(time.time() - t, 1)
+
+        # --- evaluate and record -----------------------------------------------------------
+        t = time.time()
+        result, records = evaluate(model, tokenizer, task, test_problems, cfg,
+                                   few_shot=cfg.sampling.few_shot_after_training)
+        write_jsonl(it_dir / "eval.jsonl", records)
+        timings["seconds_eval"] = round(time.time() - t, 1)
+        row = {"iteration": it, **result, "num_train_examples": len(kept), "num_rationalized": num_rationalized,
+               "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
+               "steps": steps, "train_loss": history[-1]["loss"] if history else None,
+               "generated_tokens": sum(s["tokens"] for s in all_samples),
+               "seconds": round(time.time() - t0, 1), **timings, "peak_memory_mb": round(peak_memory_mb())}
+        rundir.add_metrics(row)
+        cache.unlink(missing_ok=True)
+        log(f"iteration {it}: accuracy {result['accuracy']:.3f} (iteration 0: {finished[0]['accuracy']:.3f}), "
+            f"{steps} steps, {row['seconds']:.0f}s "
+            f"(sampling {timings['seconds_sampling']:.0f}s, rationalization {timings['seconds_rationalization']:.0f}s, "
+            f"training {timings['seconds_training']:.0f}s, eval {timings['seconds_eval']:.0f}s)")
+    return rundir.metrics()

@@ -1,0 +1,146 @@
+"""The run directory: plain files, written so that a kill at any moment loses nothing finished.
+
+    config.yaml             the resolved config (updated when a safe change is accepted)
+    config_changes.jsonl    safe config changes accepted on resume
+    metrics.jsonl           one JSON object per finished iteration (0 = few-shot base model)
+    iter_NNN/samples.jsonl  every sampled rationale with its correctness
+    iter_NNN/train.jsonl    the kept examples the adapter was trained on
+    iter_NNN/eval.jsonl     held-out completions and their grades
+    iter_NNN/adapter/       the LoRA adapter (peft.PeftModel.from_pretrained loads it)
+
+Whole files are written to a temporary name and renamed; jsonl appends end in a newline
+and a torn last line is ignored on read. An iteration is finished when its metrics row
+exists; anything of a later iteration is redone, except samples already saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .config import RESUMABLE_KEYS, Config, ConfigError, diff_keys, from_dict
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    _drop_torn_tail(path)
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a kill left without its newline, so appends start clean."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a jsonl file; a torn (unterminated or unparsable) last line is skipped with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")
+    complete, tail = lines[:-1], lines[-1]
+    rows = []
+    for i, line in enumerate(complete):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(complete) - 1:
+                warnings.warn(f"{path}: ignoring a damaged last line {i + 1}")
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+    if tail.strip():
+        warnings.warn(f"{path}: ignoring an unfinished last line (the run was interrupted while writing)")
+    return rows
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def iter_dir(self, iteration: int) -> Path:
+        return self.root / f"iter_{iteration:03d}"
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path)
+
+    def finished(self) -> dict[int, dict[str, Any]]:
+        return {row["iteration"]: row for row in self.metrics()}
+
+    def add_metrics(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.metrics_path, [row])
+
+    def prepare(self, cfg: Config) -> list[str]:
+        """Create the directory, or check a saved config against ``cfg``; return accepted changes."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"run.output_dir: cannot write to '{self.root}' ({err.strerror}). "
+                              "Choose a directory you can write, e.g. --set run.output_dir=runs/mine") from None
+        saved_path = self.root / "config.yaml"
+        current = cfg.to_dict()
+        changed: list[str] = []
+        if saved_path.exists():
+            saved = from_dict(yaml.safe_load(saved_path.read_text()) or {}).to_dict()
+            changed = diff_keys(saved, current)
+            refused = [k for k in changed if k not in RESUMABLE_KEYS]
+            if refused and self.metrics():
+                detail = ", ".join(f"{k} (saved {_get(saved, k)!r}, now {_get(current, k)!r})" for k in refused)
+                raise ConfigError(
+                    f"{self.root} holds a run with a different config: {detail}. Continuing would mix "
+                    "results; use another run.output_dir, or restore these values.")
+            if changed:
+                append_jsonl(self.root / "config_changes.jsonl", [{
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "changes": {k: {"saved": _get(saved, k), "now": _get(current, k)} for k in changed}}])
+        write_atomic(saved_path, yaml.safe_dump(current, sort_keys=False))
+        return changed
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return d.get(section, {}).get(key) if key else d.get(section)
+
+
+def read_run(path: str | Path) -> dict[str, Any]:
+    """A run's config and metrics, for notebooks: ``{"config": dict, "metrics": [rows]}``."""
+    root = Path(path)
+    cfg_path = root / "config.yaml"
+    return {"config": yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else None,
+            "metrics": read_jsonl(root / "metrics.jsonl")}

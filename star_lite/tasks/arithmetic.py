@@ -1,0 +1,154 @@
+"""n-digit addition, generated and seeded; the task STaR bootstraps on the embedded model.
+
+Train and test problems are disjoint by construction: each (a, b) pair belongs to exactly
+one split, chosen by a hash of the pair, so the test set never depends on the train size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+
+from .base import Exemplar, Problem, Task
+
+_ANSWER = re.compile(r"answer is\s*:?\s*\(?\s*(-?[\d,]*\d)")
+_NUMBER = re.compile(r"-?\d[\d,]*")
+
+
+def parse_int(text: str) -> str | None:
+    """Canonical integer string from text like '1,234' or '-7'; None if there is none.
+
+    >>> parse_int("1,234"), parse_int("-07"), parse_int("abc")
+    ('1234', '-7', None)
+    """
+    digits = text.replace(",", "").strip()
+    try:
+        return str(int(digits))
+    except ValueError:
+        return None
+
+
+def extract_number_answer(completion: str) -> str | None:
+    """The number after 'The answer is', else the last number in the text; None if no number.
+
+    >>> extract_number_answer("45 + 22 = 67. The answer is 67.")
+    '67'
+    >>> extract_number_answer("so we get 1,204 apples")
+    '1204'
+    >>> extract_number_answer("I do not know") is None
+    True
+    """
+    if not isinstance(completion, str):
+        return None
+    match = _ANSWER.search(completion)
+    if match:
+        return parse_int(match.group(1))
+    numbers = _NUMBER.findall(completion)
+    return parse_int(numbers[-1]) if numbers else None
+
+
+def scratchpad(a: int, b: int) -> str:
+    """Digit-by-digit addition, ones first, with carries (the STaR scratchpad, in words).
+
+    >>> scratchpad(45, 78)
+    '5 + 8 + 0 = 13, write 3 carry 1. 4 + 7 + 1 = 12, write 2 carry 1. 45 + 78 = 123. The answer is 123.'
+    """
+    xs, ys = str(a)[::-1], str(b)[::-1]
+    carry, steps = 0, []
+    for i in range(max(len(xs), len(ys))):
+        x = int(xs[i]) if i < len(xs) else 0
+        y = int(ys[i]) if i < len(ys) else 0
+        total = x + y + carry
+        steps.append(f"{x} + {y} + {carry} = {total}, write {total % 10} carry {total // 10}.")
+        carry = total // 10
+    return " ".join(steps) + f" {a} + {b} = {a + b}. The answer is {a + b}."
+
+
+def plain(a: int, b: int) -> str:
+    """The sum stated directly, then the answer sentence.
+
+    >>> plain(45, 22)
+    '45 + 22 = 67. The answer is 67.'
+    """
+    return f"{a} + {b} = {a + b}. The answer is {a + b}."
+
+
+RATIONALE_STYLES = {"scratchpad": scratchpad, "plain": plain}
+
+
+class ArithmeticTask(Task):
+    """Addition of two n-digit numbers, n drawn uniformly from [min_digits, max_digits].
+
+    ``rationale`` picks the worked-example style: "scratchpad" (digit by digit with carries,
+    as in the STaR paper) or "plain". Small models bootstrap only from a format they can
+    already follow; measure few-shot accuracy with ``star-lite eval`` before choosing.
+    """
+
+    name = "arithmetic"
+
+    def __init__(self, min_digits: int = 1, max_digits: int = 2, rationale: str = "scratchpad",
+                 test_fraction: float = 0.2):
+        if not 1 <= min_digits <= max_digits:
+            raise ValueError(f"task.options: need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
+        if rationale not in RATIONALE_STYLES:
+            raise ValueError(f"task.options.rationale: must be one of {sorted(RATIONALE_STYLES)}, got {rationale!r}")
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"task.options.test_fraction: must be between 0 and 1, got {test_fraction}")
+        self.min_digits, self.max_digits = min_digits, max_digits
+        self.rationale_style = rationale
+        self.test_fraction = test_fraction
+        self._exemplars = self._make_exemplars()
+        self._exemplar_pairs = {(int(e.problem.meta["a"]), int(e.problem.meta["b"])) for e in self._exemplars}
+
+    # --- data -------------------------------------------------------------------------
+    def _problem(self, a: int, b: int, split: str) -> Problem:
+        return Problem(id=f"{split}-{a}+{b}", question=f"What is {a} + {b}?", answer=str(a + b),
+                       meta={"a": a, "b": b, "digits": max(len(str(a)), len(str(b)))})
+
+    def _split_of(self, a: int, b: int) -> str:
+        h = int(hashlib.sha256(f"{a}+{b}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return "test" if h < self.test_fraction else "train"
+
+    def _draw(self, rng: random.Random) -> tuple[int, int]:
+        n = rng.randint(self.min_digits, self.max_digits)
+        lo, hi = (0 if n == 1 else 10 ** (n - 1)), 10 ** n - 1
+        return rng.randint(lo, hi), rng.randint(lo, hi)
+
+    def load(self, split: str, limit: int, seed: int) -> list[Problem]:
+        if split not in ("train", "test"):
+            raise ValueError(f"arithmetic has splits 'train' and 'test', not {split!r}")
+        space = sum((10 ** n - (0 if n == 1 else 10 ** (n - 1))) ** 2
+                    for n in range(self.min_digits, self.max_digits + 1))
+        want = limit if limit > 0 else min(space, 10_000)
+        rng = random.Random(f"{seed}-{split}")
+        seen: set[tuple[int, int]] = set()
+        problems = []
+        for _ in range(want * 50):
+            if len(problems) >= want:
+                break
+            a, b = self._draw(rng)
+            if (a, b) in seen or (a, b) in self._exemplar_pairs or self._split_of(a, b) != split:
+                continue
+            seen.add((a, b))
+            problems.append(self._problem(a, b, split))
+        return problems
+
+    def _make_exemplars(self) -> list[Exemplar]:
+        rng = random.Random("arithmetic-exemplars")
+        style = RATIONALE_STYLES[self.rationale_style]
+        out = []
+        for _ in range(10):
+            a, b = self._draw(rng)
+            out.append(Exemplar(self._problem(a, b, "exemplar"), style(a, b)))
+        return out
+
+    def exemplars(self) -> list[Exemplar]:
+        return self._exemplars
+
+    # --- grading ----------------------------------------------------------------------
+    def extract_answer(self, completion: str) -> str | None:
+        return extract_number_answer(completion)
+
+    def difficulty(self, problem: Problem) -> str | None:
+        return f"{problem.meta.get('digits', '?')} digits"

@@ -1,0 +1,110 @@
+"""The Task interface: one object owns a task's data, prompts, hint and grader.
+
+The same ``is_correct`` filters STaR rationales, scores evaluation and (in comparisons)
+serves as the RL reward, so every method is judged by the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+QUESTION_PREFIX = "Q: "
+ANSWER_PREFIX = "A:"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question with its gold answer (in the task's canonical form)."""
+
+    id: str
+    question: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """A worked example for the few-shot prompt: a problem and a rationale that ends in its answer."""
+
+    problem: Problem
+    rationale: str
+
+
+class Task:
+    """Base class. Subclasses set ``name`` and implement ``load``, ``exemplars``, ``extract_answer``.
+
+    Prompt layout (shared by every built-in task)::
+
+        Q: <question>            <- format_question(problem, hint=...)
+        A: <rationale>           <- the completion the model writes and is trained on
+        <blank line>
+    """
+
+    name: str = "task"
+    stop_strings: tuple[str, ...] = ("\n\n", "\nQ:")
+
+    # --- data -------------------------------------------------------------------------
+    def load(self, split: str, limit: int, seed: int) -> list[Problem]:
+        """Problems of ``split`` ("train" or "test"); at most ``limit`` (0 = all), chosen by ``seed``."""
+        raise NotImplementedError
+
+    def exemplars(self) -> list[Exemplar]:
+        """Worked examples for the few-shot prompt."""
+        raise NotImplementedError
+
+    def hint_exemplars(self) -> list[Exemplar]:
+        """Worked examples whose question carries the hint (rationalization prompt)."""
+        return self.exemplars()
+
+    # --- prompts ----------------------------------------------------------------------
+    def format_hint(self, problem: Problem) -> str:
+        """The question text with the gold answer given as a hint."""
+        return f"{problem.question} (Hint: the answer is {problem.answer}.)"
+
+    def format_question(self, problem: Problem, hint: bool = False) -> str:
+        question = self.format_hint(problem) if hint else problem.question
+        return f"{QUESTION_PREFIX}{question}\n{ANSWER_PREFIX}"
+
+    def format_completion(self, rationale: str) -> str:
+        return " " + rationale.strip()
+
+    def few_shot_prefix(self, num: int, hint: bool = False) -> str:
+        shots = (self.hint_exemplars() if hint else self.exemplars())[:num]
+        return "".join(
+            self.format_question(ex.problem, hint=hint) + self.format_completion(ex.rationale) + "\n\n"
+            for ex in shots
+        )
+
+    def prompt(self, problem: Problem, hint: bool = False, num_few_shot: int = 0) -> str:
+        """The full prompt: ``num_few_shot`` worked examples, then the question (with hint if asked)."""
+        return self.few_shot_prefix(num_few_shot, hint) + self.format_question(problem, hint=hint)
+
+    def clean_completion(self, text: str) -> str:
+        """Cut a raw generation at the first stop string and strip it."""
+        cut = len(text)
+        for stop in self.stop_strings:
+            i = text.find(stop)
+            if i != -1:
+                cut = min(cut, i)
+        return text[:cut].strip()
+
+    def remove_hint(self, rationale: str) -> str:
+        """Remove hint traces from a rationalized completion so it reads as if found unaided."""
+        return rationale
+
+    # --- grading ----------------------------------------------------------------------
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer in canonical form, or None. Must never raise."""
+        raise NotImplementedError
+
+    def is_correct(self, completion: str, problem: Problem) -> bool:
+        try:
+            answer = self.extract_answer(completion)
+        except Exception:  # a user's extractor must not kill a run over one odd string
+            return False
+        return answer is not None and answer == problem.answer
+
+    def difficulty(self, problem: Problem) -> str | None:
+        """A label to group accuracy by (e.g. digit count); None if the task has none."""
+        return None

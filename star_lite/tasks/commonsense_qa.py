@@ -1,0 +1,107 @@
+"""CommonsenseQA (schema of `tau/commonsense_qa`): five-way multiple choice.
+
+Fields: ``question``, ``choices`` = {``label``: [A..E], ``text``: [...]}, ``answerKey``.
+The test split has no labels, so evaluate on ``validation``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .base import Exemplar, Problem, Task
+from .datafiles import DataError, choose, load_rows, require_fields
+
+CORRECT_MARK = "(CORRECT)"
+_ANSWER = re.compile(r"answer is\s*:?\s*\(?\s*([A-Ea-e])\b\)?")
+_PAREN = re.compile(r"\(([A-Ea-e])\)")
+
+# Worked examples written for star_lite (not taken from the dataset).
+_EXEMPLARS = [
+    ("Where would you put a cup after washing it?", ["sink", "cupboard", "table", "garden", "car"], "B",
+     "A clean cup is stored until it is needed, and cups are stored in a cupboard. The answer is (b)."),
+    ("What do people usually do when they are tired?", ["run", "sleep", "sing", "cook", "shop"], "B",
+     "Being tired means needing rest, and people rest by sleeping. The answer is (b)."),
+    ("Where can you borrow a book for free?", ["bookstore", "kitchen", "library", "bank", "stadium"], "C",
+     "A library lends books to its members without charge. The answer is (c)."),
+    ("What does a plant need to make its food?", ["darkness", "sunlight", "salt", "music", "plastic"], "B",
+     "Plants make food by photosynthesis, which uses sunlight. The answer is (b)."),
+    ("If you want to cross a river without getting wet, what would you use?",
+     ["umbrella", "towel", "bridge", "shovel", "ladder"], "C",
+     "A bridge goes over the river, so you stay dry. The answer is (c)."),
+    ("Where is a cow most likely to be found?", ["ocean", "farm", "office", "cinema", "desert"], "B",
+     "Cows are raised by farmers and live on farms. The answer is (b)."),
+    ("What would you use to cut paper?", ["spoon", "pillow", "scissors", "bucket", "brush"], "C",
+     "Scissors have sharp blades made for cutting paper. The answer is (c)."),
+]
+
+
+def format_choices(stem: str, labels: list[str], texts: list[str], correct: str | None = None) -> str:
+    """The question with its lettered choices; ``correct`` marks that choice with (CORRECT).
+
+    >>> print(format_choices("Pick one.", ["A", "B"], ["x", "y"], correct="B"))
+    Pick one.
+    Answer Choices:
+    (a) x
+    (b) y (CORRECT)
+    """
+    lines = [stem, "Answer Choices:"]
+    for label, text in zip(labels, texts):
+        mark = f" {CORRECT_MARK}" if label == correct else ""
+        lines.append(f"({label.lower()}) {text}{mark}")
+    return "\n".join(lines)
+
+
+def extract_choice(completion: str) -> str | None:
+    """The chosen letter, upper case: from 'The answer is (b).', else the last '(x)'; None if none.
+
+    >>> extract_choice("The answer is (b)."), extract_choice("so (c) fits"), extract_choice("no idea")
+    ('B', 'C', None)
+    """
+    if not isinstance(completion, str):
+        return None
+    match = _ANSWER.search(completion)
+    if match:
+        return match.group(1).upper()
+    found = _PAREN.findall(completion)
+    return found[-1].upper() if found else None
+
+
+class CommonsenseQATask(Task):
+    name = "commonsense_qa"
+
+    def __init__(self, source: str = "tau/commonsense_qa", config_name: str | None = None,
+                 data_files: dict[str, str] | None = None, test_split: str = "validation"):
+        self.source, self.config_name, self.data_files = source, config_name, data_files
+        self.test_split = test_split
+
+    def _problem(self, pid: str, stem: str, labels: list[str], texts: list[str], key: str) -> Problem:
+        return Problem(id=pid, question=format_choices(stem, labels, texts), answer=key.upper(),
+                       meta={"stem": stem, "labels": list(labels), "texts": list(texts)})
+
+    def load(self, split: str, limit: int, seed: int) -> list[Problem]:
+        split = self.test_split if split == "test" else split
+        rows, where = load_rows(self.source, split, self.config_name, self.data_files)
+        problems = []
+        for i, row in enumerate(rows):
+            require_fields(row, ("question", "choices", "answerKey"), where, i)
+            choices = row["choices"]
+            if not isinstance(choices, dict) or not choices.get("label") or not choices.get("text"):
+                raise DataError(f"{where}: row {i} field 'choices' needs 'label' and 'text' lists")
+            problems.append(self._problem(f"{split}-{row.get('id', i)}", str(row["question"]).strip(),
+                                          choices["label"], choices["text"], str(row["answerKey"])))
+        return choose(problems, limit, seed)
+
+    def exemplars(self) -> list[Exemplar]:
+        labels = ["A", "B", "C", "D", "E"]
+        return [Exemplar(self._problem(f"exemplar-{i}", q, labels, texts, key), r)
+                for i, (q, texts, key, r) in enumerate(_EXEMPLARS)]
+
+    def format_hint(self, problem: Problem) -> str:
+        return format_choices(problem.meta["stem"], problem.meta["labels"], problem.meta["texts"],
+                              correct=problem.answer)
+
+    def remove_hint(self, rationale: str) -> str:
+        return re.sub(r"\s*\(CORRECT\)", "", rationale)
+
+    def extract_answer(self, completion: str) -> str | None:
+        return extract_choice(completion)

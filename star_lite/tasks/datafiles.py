@@ -1,0 +1,63 @@
+"""Loading rows through `datasets`: a Hub id, or local json/jsonl/csv/parquet files."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+_LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the file, row and field."""
+
+
+def load_rows(source: str, split: str, config_name: str | None = None,
+              data_files: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Rows of ``split`` and a label naming where they came from.
+
+    ``data_files`` maps split names to local files; otherwise ``source`` is a local file or
+    directory (one split) or a Hub dataset id loaded with ``datasets.load_dataset``.
+    """
+    import datasets
+
+    if data_files:
+        if split not in data_files:
+            raise DataError(f"task.options.data_files has no '{split}' entry (has: {', '.join(data_files)})")
+        path = Path(data_files[split])
+        return _load_local(datasets, path, split), str(path)
+    path = Path(source)
+    if path.exists():
+        return _load_local(datasets, path, split), str(path)
+    ds = datasets.load_dataset(source, config_name, split=split)
+    return [dict(r) for r in ds], f"{source}[{split}]"
+
+
+def _load_local(datasets: Any, path: Path, split: str) -> list[dict[str, Any]]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in _LOCAL_FORMATS and split in p.stem)
+        if not files:
+            raise DataError(f"{path}: no {split} file (*{split}*.jsonl/.json/.csv/.parquet) in this directory")
+        path = files[0]
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    fmt = _LOCAL_FORMATS.get(path.suffix)
+    if fmt is None:
+        raise DataError(f"{path}: unsupported format '{path.suffix}'; use {', '.join(_LOCAL_FORMATS)}")
+    ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    return [dict(r) for r in ds]
+
+
+def require_fields(row: dict[str, Any], fields: tuple[str, ...], where: str, index: int) -> None:
+    for name in fields:
+        if row.get(name) in (None, ""):
+            raise DataError(f"{where}: row {index} is missing required field '{name}'")
+
+
+def choose(items: list, limit: int, seed: int) -> list:
+    """A seeded subset of at most ``limit`` items (0 = all), in a stable order."""
+    if limit <= 0 or limit >= len(items):
+        return list(items)
+    idx = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in idx]

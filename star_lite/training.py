@@ -1,0 +1,109 @@
+"""One fresh LoRA adapter per iteration, trained on the frozen base with TRL's SFTTrainer.
+
+Examples are prompt/completion pairs, so the loss falls on the completion (rationale and
+answer) only. The adapter is written to a temporary directory and renamed into place, so
+an ``adapter/`` directory that exists is always complete.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .models import fresh_adapter, resolve_device, resolve_dtype
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says what to change."""
+
+
+def num_steps(iteration: int, start_steps: int, growth: float) -> int:
+    """Training steps for ``iteration`` (1-based): start_steps * growth^(iteration-1).
+
+    >>> [num_steps(i, 40, 1.2) for i in (1, 2, 3)]
+    [40, 48, 57]
+    """
+    return max(1, int(start_steps * growth ** (iteration - 1)))
+
+
+def _nan_guard():
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise TrainingError(
+                    f"training loss became {loss} at step {state.global_step}. Lower train.learning_rate "
+                    "(e.g. halve it), or use model.compute_dtype=bfloat16 instead of float16.")
+
+    return StopOnNonFiniteLoss()
+
+
+def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, steps: int, out_dir: Path):
+    """Train a new adapter on ``examples`` ({"prompt", "completion"}) for ``steps`` steps.
+
+    Returns the trained PeftModel (in eval mode) and saves the adapter to ``out_dir/adapter``.
+    """
+    import datasets
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()  # one bar per map step is noise; the trainer shows its own
+
+    if not examples:
+        raise TrainingError("no training examples")
+    device = resolve_device(cfg.model.device)
+    dtype = resolve_dtype(cfg.model.compute_dtype, device)
+    model = fresh_adapter(base, cfg.model)
+    if cfg.train.gradient_checkpointing:
+        model.enable_input_require_grads()
+    work_dir = out_dir / ".trainer"
+    args = SFTConfig(
+        output_dir=str(work_dir),
+        max_steps=steps,
+        per_device_train_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        learning_rate=cfg.train.learning_rate,
+        warmup_steps=cfg.train.warmup_steps,
+        weight_decay=cfg.train.weight_decay,
+        max_length=cfg.train.max_length,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        completion_only_loss=True,
+        logging_steps=cfg.train.logging_steps,
+        report_to=cfg.train.report_to,
+        save_strategy="no",
+        seed=cfg.run.seed,
+        use_cpu=device == "cpu",
+        bf16=device == "cuda" and dtype == torch.bfloat16,
+        fp16=device == "cuda" and dtype == torch.float16,
+        disable_tqdm=bool(os.environ.get("CI")) or os.environ.get("STAR_LITE_PROGRESS") == "0",
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer, callbacks=[_nan_guard()])
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    adapter_dir = out_dir / "adapter"
+    tmp_dir = out_dir / ".adapter.tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    model.save_pretrained(str(tmp_dir))
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    os.replace(tmp_dir, adapter_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    del trainer  # release optimizer state before the next iteration
+    release_memory()
+    model.eval()
+    return model, history
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
