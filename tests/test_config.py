@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from star_lite.config import ConfigError, diff_keys, from_dict, load_config
+from star_lite.tasks import load_task
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert any(p.name == "quickstart.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_validates(path):
+    cfg = load_config(path)
+    assert cfg.star.iterations >= 1
+    if ":" not in cfg.task.name:
+        load_task(cfg.task.name, **cfg.task.options)  # the task accepts its options
+
+
+def test_overrides_and_types():
+    cfg = from_dict({}, ["star.iterations=5", "train.learning_rate=1e-4", "model.lora_target_modules=q_proj,v_proj",
+                         "task.options={min_digits: 2}"])
+    assert cfg.star.iterations == 5 and cfg.train.learning_rate == 1e-4
+    assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.task.options == {"min_digits": 2}
+
+
+@pytest.mark.parametrize("data, overrides, message", [
+    ({"train": {"learning_rat": 1e-4}}, [], r"unknown key 'train.learning_rat'. Did you mean 'learning_rate'\?"),
+    ({"trian": {}}, [], r"unknown key 'trian'. Did you mean 'train'\?"),
+    ({"star": {"iterations": "three"}}, [], r"star.iterations: expected an integer, got 'three'"),
+    ({"star": {"rationalization": "yes"}}, [], r"star.rationalization: expected true or false"),
+    ({}, ["sampling.top_p=1.5"], r"sampling.top_p: must be between 0.0 and 1.0, got 1.5"),
+    ({}, ["train.batch_size=0"], r"train.batch_size: must be at least 1, got 0"),
+    ({}, ["model.device=tpu"], r"model.device: must be one of"),
+    ({}, ["iterations=3"], r"the key must be section.key"),
+    ({}, ["star.iterations"], r"expected section.key=value"),
+])
+def test_bad_configs_name_the_field(data, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(data, overrides)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not sections\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(bad)
+
+
+def test_diff_keys():
+    a = from_dict({}).to_dict()
+    b = from_dict({}, ["star.iterations=9", "train.learning_rate=0.5"]).to_dict()
+    assert diff_keys(a, b) == ["star.iterations", "train.learning_rate"]
+    assert diff_keys(a, yaml.safe_load(yaml.safe_dump(a))) == []
