@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("STAR_LITE_PROGRESS", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use files on disk only
 sys.path.insert(0, str(Path(__file__).parent))  # tests/toy_tasks.py is importable as a user's task
 
 

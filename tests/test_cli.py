@@ -1,0 +1,49 @@
+import subprocess
+import sys
+
+import yaml
+
+from star_lite.cli import main
+
+from conftest import tiny_config_dict
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "star_lite.cli", "run", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for option in ("--set", "--debug", "config"):
+        assert option in out.stdout
+
+
+def test_bad_config_is_one_message_without_traceback(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  learning_rat: 0.1\n")
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.learning_rat'. Did you mean 'learning_rate'?" in err
+    assert "Traceback" not in err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_unreachable_model_is_a_clear_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name_or_path": str(tmp_path / "no_model")},
+                                   "run": {"output_dir": str(tmp_path / "run")}}))
+    assert main(["eval", str(cfg), "--set", "task.num_test=2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load a tokenizer from" in err and "Traceback" not in err
+
+
+def test_eval_and_run_on_tiny_model(tiny_model_dir, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    data = tiny_config_dict(tiny_model_dir, tmp_path / "run", star={"iterations": 1})
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["eval", str(cfg), "--set", "model.load_in_4bit=false", "--out", str(tmp_path / "e.jsonl")]) == 0
+    assert "accuracy" in capsys.readouterr().out and (tmp_path / "e.jsonl").is_file()
+    assert main(["run", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "iteration" in out and "run directory" in out
+    adapter = tmp_path / "run" / "iter_001" / "adapter"
+    assert main(["eval", str(cfg), "--adapter", str(adapter)]) == 0
+    assert "iter_001/adapter" in capsys.readouterr().out

@@ -1,0 +1,49 @@
+import json
+import warnings
+
+import pytest
+
+from star_lite.config import ConfigError, from_dict
+from star_lite.rundir import RunDir, append_jsonl, read_jsonl, write_jsonl
+
+
+def test_torn_last_line_is_ignored_and_cut_before_appending(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b"')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert "unfinished last line" in str(caught[0].message)
+    append_jsonl(path, [{"a": 4}])
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 4}]
+
+
+def test_damaged_line_in_the_middle_is_an_error(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"a": 1}\nnot json\n{"a": 3}\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        read_jsonl(path)
+
+
+def test_write_jsonl_is_atomic(tmp_path):
+    path = tmp_path / "x" / "rows.jsonl"
+    write_jsonl(path, [{"i": i} for i in range(3)])
+    assert read_jsonl(path) == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert [p.name for p in path.parent.iterdir()] == ["rows.jsonl"]  # no temporary left behind
+
+
+def test_config_mismatch_is_refused_only_once_something_finished(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}"]))
+    # nothing finished yet: a new config simply replaces the old one
+    assert rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}", "train.learning_rate=0.1"])) == ["train.learning_rate"]
+    rd.add_metrics({"iteration": 0, "accuracy": 0.5})
+    with pytest.raises(ConfigError, match=r"different config: model.lora_r \(saved 16, now 8\)"):
+        rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}", "train.learning_rate=0.1", "model.lora_r=8"]))
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="run.output_dir: cannot write to"):
+        RunDir(blocker / "run").prepare(from_dict({}))
