@@ -18,7 +18,6 @@ Running the same command again continues after the last finished iteration."""
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="star-lite", description="Self-taught reasoning (STaR) on one GPU.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_common(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ so a batch runs only as long as its longest *answer*, not to the token limit.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -58,10 +59,23 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
     device = next(model.parameters()).device
     bar = progress(total=len(prompts), desc=desc, unit="seq")
     try:
-        for start in range(0, len(order), batch_size):
+        start = 0
+        while start < len(order):
             idx = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
-            out = model.generate(**enc, **gen_kwargs)
+            try:
+                out = model.generate(**enc, **gen_kwargs)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                del enc
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                batch_size = max(1, batch_size // 2)
+                print(f"[star_lite] out of memory while {desc}; batch size lowered to {batch_size}",
+                      file=sys.stderr, flush=True)
+                continue
+            start += len(idx)
             new = out[:, enc["input_ids"].shape[1]:]
             batch = [Generation(tokenizer.decode(row, skip_special_tokens=True),
                                 _num_generated(row, tokenizer.pad_token_id, eos_ids)) for row in new]
