@@ -27,5 +27,19 @@ def evaluate(cfg: Config, adapter=None, few_shot=None, out=None):
     return evaluate_model(cfg, adapter=adapter, few_shot=few_shot, out=out)
 
 
-__all__ = ["Config", "ConfigError", "load_config", "run", "evaluate", "read_run", "load_task",
+def compare(cfg: Config):
+    """Run every method in ``cfg.compare.methods``; writes comparison.csv/.md and plots; returns the rows."""
+    from .compare import compare as _compare
+
+    return _compare(cfg)
+
+
+def report(run_dir):
+    """Write report.md and PNG plots into a run directory; returns the report's path."""
+    from .report import write_report
+
+    return write_report(run_dir)
+
+
+__all__ = ["compare", "report", "Config", "ConfigError", "load_config", "run", "evaluate", "read_run", "load_task",
            "Task", "Problem", "Exemplar"]

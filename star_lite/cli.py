@@ -1,4 +1,4 @@
-"""Command line: star-lite run | eval."""
+"""Command line: star-lite run | eval | compare | report."""
 
 from __future__ import annotations
 
@@ -35,11 +35,43 @@ def _parser() -> argparse.ArgumentParser:
                             description="Greedy accuracy on the task's held-out problems.")
     add_common(p_eval)
     p_eval.add_argument("--adapter", help="a saved adapter directory (iter_NNN/adapter); default: the base model")
-    p_eval.add_argument("--zero-shot", action="store_true",
-                        help="prompt with the bare question (as adapters are trained); default: few-shot "
-                             "for the base model, bare question for an adapter")
+    p_eval.add_argument("--prompt", choices=["auto", "few-shot", "zero-shot"], default="auto",
+                        help="few-shot: worked examples before the question; zero-shot: the bare question "
+                             "(as adapters are trained); auto (default): few-shot for the base model, "
+                             "zero-shot for an adapter")
     p_eval.add_argument("--out", help="write per-problem results to this jsonl file")
+    p_compare = sub.add_parser("compare", help="run several methods on one task and budget; table and plots",
+                               description="Runs compare.methods (few-shot, sft-direct, star, "
+                                           "star-no-rationalization, rest-em, self-motivated, grpo) with the same "
+                                           "task, split, seed, prompt and grader; writes comparison.csv/.md and "
+                                           "PNG plots into compare.output_dir. Each method's run resumes.")
+    add_common(p_compare)
+    p_report = sub.add_parser("report", help="write report.md and PNG plots for a run directory",
+                              description="Plots accuracy per iteration, the training set per iteration "
+                                          "(rationalized share), accuracy by difficulty, and example rationales.")
+    p_report.add_argument("run_dir", help="a run directory (run.output_dir)")
+    p_report.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
+
+
+def _cmd_compare(args) -> int:
+    from .compare import compare
+
+    cfg = load_config(args.config, args.overrides)
+    rows = compare(cfg)
+    print(f"{'method':<24} {'iteration':>9} {'accuracy':>9} {'gen. tokens':>12} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['method']:<24} {r['iteration']:>9} {r['accuracy']:>9.3f} "
+              f"{r['cumulative_generated_tokens']:>12} {r['cumulative_seconds']:>8.0f}")
+    print(f"comparison: {cfg.compare.output_dir}/comparison.md")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
 
 
 def _cmd_run(args) -> int:
@@ -59,7 +91,7 @@ def _cmd_eval(args) -> int:
     from .api import evaluate_model
 
     cfg = load_config(args.config, args.overrides)
-    few_shot = not args.zero_shot and args.adapter is None
+    few_shot = args.adapter is None if args.prompt == "auto" else args.prompt == "few-shot"
     result = evaluate_model(cfg, adapter=args.adapter, few_shot=few_shot, out=args.out)
     print(f"accuracy {result['accuracy']:.3f} on {result['num_eval']} problems "
           f"({'few-shot' if few_shot else 'zero-shot'}, {args.adapter or 'base model'})")
@@ -71,7 +103,7 @@ def _cmd_eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _cmd_run, "eval": _cmd_eval}[args.command](args)
+        return {"run": _cmd_run, "eval": _cmd_eval, "compare": _cmd_compare, "report": _cmd_report}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to continue", file=sys.stderr)
         return 130

@@ -1,6 +1,6 @@
 """Typed run configuration: YAML in, validated dataclasses out.
 
-One level of nesting (model, task, sampling, star, train, eval, run). Unknown keys are
+One level of nesting (model, task, sampling, star, train, eval, rest_em, rl, compare, run). Unknown keys are
 rejected with the closest valid name; wrong types name the field and the expected form.
 
 >>> cfg = from_dict({"star": {"iterations": 2}}, overrides=["train.start_steps=10"])
@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+METHODS = ("few-shot", "sft-direct", "star", "star-no-rationalization", "rest-em", "self-motivated", "grpo")
 
 
 class ConfigError(ValueError):
@@ -62,6 +65,8 @@ class StarConfig:
     iterations: int = 3
     rationalization: bool = True  # retry wrong problems with the gold answer as a hint
     stop_on_empty: bool = True  # stop the run when an iteration keeps no rationale
+    samples_per_problem: int = 1  # STaR: 1 greedy rationale; ReST-EM samples many at temperature
+    max_kept_per_problem: int = 0  # 0 = no cap; ReST-EM keeps at most 10 per problem
 
 
 @dataclass
@@ -83,12 +88,49 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 32
     max_new_tokens: int = 64
+    pass_k: int = 0  # > 0: also pass@k and majority-vote@k from k samples per problem
+    k_temperature: float = 1.0  # ReST-EM's pass@k setting: T=1.0, top-p 0.95
+    k_top_p: float = 0.95
+
+
+@dataclass
+class RestEMConfig:
+    samples_per_problem: int = 8  # paper: 32 (MATH), 64 (APPS); fewer fit a small GPU
+    temperature: float = 0.7  # paper's E-step temperature
+    max_kept_per_problem: int = 10  # paper: at most 10 correct solutions per problem
+
+
+@dataclass
+class RLConfig:
+    samples_per_problem: int = 4  # self-motivated: rationales per problem, to get right and wrong ones
+    temperature: float = 0.7  # for those rationales
+    reward_steps: int = 40  # reward model (RewardTrainer) steps
+    reward_learning_rate: float = 1e-4
+    reward_batch_size: int = 8
+    heldout_fraction: float = 0.2  # questions whose pairs measure the reward model's pairwise accuracy
+    steps: int = 20  # RL (GRPOTrainer) steps
+    learning_rate: float = 1e-5
+    num_generations: int = 4  # completions per prompt (GRPO's group)
+    batch_size: int = 8  # completions per step; a multiple of num_generations
+    generation_temperature: float = 1.0
+    max_completion_length: int = 64
+    beta: float = 0.0  # KL coefficient (TRL's default: no reference model)
+    reward_model_weight: float = 1.0  # self-motivated reward = w_rm * reward model + w_task * correctness
+    correctness_weight: float = 0.0
+
+
+@dataclass
+class CompareConfig:
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    output_dir: str = "runs/compare"
 
 
 @dataclass
 class RunConfig:
     output_dir: str = "runs/star"
     seed: int = 0
+    budget_tokens: int = 0  # stop before an iteration once this many tokens were generated (0 = no limit)
+    budget_seconds: float = 0.0  # likewise for wall seconds (0 = no limit)
 
 
 @dataclass
@@ -99,6 +141,9 @@ class Config:
     star: StarConfig = field(default_factory=StarConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rest_em: RestEMConfig = field(default_factory=RestEMConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +160,8 @@ RESUMABLE_KEYS = {
     "train.logging_steps",
     "train.report_to",
     "run.output_dir",
+    "run.budget_tokens",
+    "run.budget_seconds",
 }
 
 _RANGES = {  # field -> (minimum, maximum or None)
@@ -126,6 +173,10 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "sampling.temperature": (0.0, None),
     "sampling.top_p": (0.0, 1.0),
     "star.iterations": (0, None),
+    "star.samples_per_problem": (1, None),
+    "star.max_kept_per_problem": (0, None),
+    "run.budget_tokens": (0, None),
+    "run.budget_seconds": (0.0, None),
     "train.start_steps": (1, None),
     "train.step_growth": (1.0, None),
     "train.learning_rate": (0.0, None),
@@ -135,7 +186,22 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "train.max_length": (8, None),
     "eval.batch_size": (1, None),
     "eval.max_new_tokens": (1, None),
+    "eval.pass_k": (0, None),
+    "eval.k_temperature": (0.0, None),
+    "eval.k_top_p": (0.0, 1.0),
     "model.lora_r": (1, None),
+    "rest_em.samples_per_problem": (1, None),
+    "rest_em.temperature": (0.0, None),
+    "rest_em.max_kept_per_problem": (0, None),
+    "rl.samples_per_problem": (2, None),
+    "rl.reward_steps": (1, None),
+    "rl.reward_batch_size": (1, None),
+    "rl.heldout_fraction": (0.0, 0.9),
+    "rl.steps": (1, None),
+    "rl.num_generations": (2, None),
+    "rl.batch_size": (2, None),
+    "rl.max_completion_length": (1, None),
+    "rl.beta": (0.0, None),
     "model.lora_dropout": (0.0, 1.0),
 }
 _CHOICES = {
@@ -220,6 +286,14 @@ def validate(cfg: Config) -> Config:
         if value < lo or (hi is not None and value > hi):
             bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise ConfigError(f"{dotted}: must be {bound}, got {value!r}")
+    if cfg.rl.batch_size % cfg.rl.num_generations:
+        raise ConfigError(f"rl.batch_size ({cfg.rl.batch_size}) must be a multiple of rl.num_generations "
+                          f"({cfg.rl.num_generations}): GRPO scores each prompt's completions as a group")
+    unknown = [m for m in cfg.compare.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"compare.methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not cfg.compare.methods:
+        raise ConfigError(f"compare.methods: list at least one of {', '.join(METHODS)}")
     for dotted, choices in _CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)

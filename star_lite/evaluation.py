@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+from collections import Counter, defaultdict
 from typing import Any
 
 from .config import Config
@@ -36,6 +37,41 @@ def score(task: Task, problems: list[Problem], completions: list[str]) -> dict[s
     }
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021).
+
+    >>> pass_at_k(4, 1, 1), pass_at_k(4, 0, 2), pass_at_k(4, 1, 4)
+    (0.25, 0.0, 1.0)
+    """
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_answer(answers: list[str | None]) -> str | None:
+    """The most common extracted answer (None ignored); ties go to the one seen first.
+
+    >>> majority_answer(["3", None, "4", "4", "3"]), majority_answer([None, None])
+    ('3', None)
+    """
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(a for a in answers if a is not None and counts[a] == best)
+
+
+def score_k(task: Task, problems: list[Problem], samples: list[list[str]], k: int) -> dict[str, float]:
+    """pass@k and maj@k over ``samples[i]`` (n >= k completions for problem i)."""
+    passes, votes = [], []
+    for p, completions in zip(problems, samples):
+        c = sum(task.is_correct(x, p) for x in completions)
+        passes.append(pass_at_k(len(completions), c, k))
+        votes.append(majority_answer([task.extract_answer(x) for x in completions[:k]]) == p.answer)
+    n = len(problems)
+    return {f"pass@{k}": sum(passes) / n if n else 0.0, f"maj@{k}": sum(votes) / n if n else 0.0}
+
+
 def evaluate(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
              few_shot: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy accuracy of ``model`` on ``problems``; returns (metrics, per-problem records)."""
@@ -49,4 +85,12 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], cfg: Config,
                 "answer": task.extract_answer(c), "correct": ok, "difficulty": task.difficulty(p)}
                for p, c, ok in zip(problems, completions, result.pop("correct"))]
     result["eval_tokens"] = sum(g.num_tokens for g in gens)
+    k = cfg.eval.pass_k
+    if k > 0:  # k samples per problem at temperature, for pass@k and majority vote @k
+        many = generate(model, tokenizer, [x for x in prompts for _ in range(k)], batch_size=cfg.eval.batch_size,
+                        max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.k_temperature,
+                        top_p=cfg.eval.k_top_p, stop_strings=task.stop_strings, desc=f"evaluating @{k}")
+        texts = [task.clean_completion(g.text) for g in many]
+        result.update(score_k(task, problems, [texts[i * k:(i + 1) * k] for i in range(len(problems))], k))
+        result["eval_tokens"] += sum(g.num_tokens for g in many)
     return result, records

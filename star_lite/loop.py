@@ -55,61 +55,84 @@ def build_task(cfg: Config) -> tuple[Task, list[Problem], list[Problem]]:
 
 
 def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
-                      hint: bool, few_shot: bool, cache: Path) -> list[dict[str, Any]]:
-    """One rationale per problem (hint: the rationalization prompt). Saved per batch to ``cache``
-    so an interrupted iteration does not sample again what it already has."""
+                      hint: bool, few_shot: bool, cache: Path, num_samples: int = 1) -> list[dict[str, Any]]:
+    """``num_samples`` rationales per problem (hint: the rationalization prompt), in problem order.
+
+    Saved per batch to ``cache``, so an interrupted iteration does not sample again what it has.
+    """
     phase = "rationalization" if hint else "rationale"
-    done = {r["id"]: r for r in read_jsonl(cache) if r["phase"] == phase}
-    todo = [p for p in problems if p.id not in done]
+    done = {(r["id"], r.get("sample", 0)): r for r in read_jsonl(cache) if r["phase"] == phase}
+    wanted = [(p, j) for p in problems for j in range(num_samples)]
+    todo = [(p, j) for p, j in wanted if (p.id, j) not in done]
     num_shots = cfg.task.num_few_shot if (few_shot or hint) else 0  # hints are taught by example
 
     def save(indices: list[int], gens) -> None:
         rows = []
         for i, g in zip(indices, gens):
-            p = todo[i]
+            p, j = todo[i]
             text = task.clean_completion(g.text)
-            rows.append({"id": p.id, "phase": phase, "question": p.question, "gold": p.answer,
+            rows.append({"id": p.id, "sample": j, "phase": phase, "question": p.question, "gold": p.answer,
                          "completion": task.remove_hint(text) if hint else text,
                          "answer": task.extract_answer(text), "correct": task.is_correct(text, p),
                          "tokens": g.num_tokens})
         append_jsonl(cache, rows)
-        done.update((r["id"], r) for r in rows)
+        done.update(((r["id"], r["sample"]), r) for r in rows)
 
     if todo:
-        prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots) for p in todo]
+        prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots) for p, _ in todo]
         generate(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
                  max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
                  top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=phase, on_batch=save)
-    return [done[p.id] for p in problems]
+    return [done[(p.id, j)] for p, j in wanted]
 
 
-def keep_examples(task: Task, problems: list[Problem], samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Training pairs from correct samples: bare question as prompt, rationale as completion;
-    exact duplicates dropped."""
+def keep_examples(task: Task, problems: list[Problem], samples: list[dict[str, Any]],
+                  max_per_problem: int = 0) -> list[dict[str, Any]]:
+    """Training pairs from correct samples: bare question as prompt, rationale as completion.
+
+    Exact duplicates are dropped; at most ``max_per_problem`` pairs per problem (0 = no cap;
+    ReST-EM keeps 10 so easy problems do not crowd out hard ones).
+    """
     by_id = {p.id: p for p in problems}
-    seen, kept = set(), []
+    seen, kept, per_problem = set(), [], {}
     for s in samples:
         if not s["correct"]:
+            continue
+        if max_per_problem and per_problem.get(s["id"], 0) >= max_per_problem:
             continue
         pair = (task.format_question(by_id[s["id"]]), task.format_completion(s["completion"]))
         if pair in seen:
             continue
         seen.add(pair)
+        per_problem[s["id"]] = per_problem.get(s["id"], 0) + 1
         kept.append({"prompt": pair[0], "completion": pair[1], "id": s["id"],
                      "rationalized": s["phase"] == "rationalization"})
     return kept
 
 
+def budget_spent(rows: list[dict[str, Any]], cfg: Config) -> str | None:
+    """A description of the exhausted budget (run.budget_tokens / run.budget_seconds), or None."""
+    tokens = sum(r.get("generated_tokens", 0) for r in rows)
+    seconds = sum(r.get("seconds", 0.0) for r in rows)
+    if cfg.run.budget_tokens and tokens >= cfg.run.budget_tokens:
+        return f"{tokens} generated tokens of {cfg.run.budget_tokens}"
+    if cfg.run.budget_seconds and seconds >= cfg.run.budget_seconds:
+        return f"{seconds:.0f}s of {cfg.run.budget_seconds:.0f}s"
+    return None
+
+
 def clear_unfinished(it_dir: Path) -> None:
     """Remove what an interrupted attempt at this iteration left, except its saved samples."""
-    shutil.rmtree(it_dir / "adapter", ignore_errors=True)
+    for name in ("adapter", ".adapter.tmp", ".trainer"):
+        shutil.rmtree(it_dir / name, ignore_errors=True)
     for name in ("train.jsonl", "eval.jsonl", "samples.jsonl"):
         (it_dir / name).unlink(missing_ok=True)
     it_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run(cfg: Config) -> list[dict[str, Any]]:
-    """Run (or continue) STaR as configured; return the metrics rows, one per iteration."""
+def start_run(cfg: Config):
+    """Open the run directory, build the task, load the model, and make sure iteration 0 (the
+    few-shot base model) is recorded. Returns None when every iteration is already finished."""
     rundir = RunDir(cfg.run.output_dir)
     changed = rundir.prepare(cfg)
     if changed:
@@ -118,29 +141,41 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     finished = rundir.finished()
     if finished and max(finished) >= cfg.star.iterations:
         log(f"{rundir.root}: all {cfg.star.iterations} iterations are finished")
-        return rundir.metrics()
+        return None
 
     torch.manual_seed(cfg.run.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     base = load_base_model(cfg.model)
     if not cfg.model.load_in_4bit:
         log(f"the base model runs in {next(base.parameters()).dtype}, not 4-bit (model.load_in_4bit=false)")
-
-    # --- iteration 0: the few-shot base model --------------------------------------------
     if 0 not in finished:
         t0 = time.time()
         result, records = evaluate(base, tokenizer, task, test_problems, cfg, few_shot=True)
         write_jsonl(rundir.iter_dir(0) / "eval.jsonl", records)
-        row = {"iteration": 0, **result, "num_train_examples": 0, "num_rationalized": 0,
-               "seconds": round(time.time() - t0, 1), "seconds_eval": round(time.time() - t0, 1),
+        seconds = round(time.time() - t0, 1)
+        row = {"iteration": 0, "stage": "few-shot", **result, "num_train_examples": 0, "num_rationalized": 0,
+               "generated_tokens": 0, "seconds": seconds, "seconds_eval": seconds,
                "peak_memory_mb": round(peak_memory_mb())}
         rundir.add_metrics(row)
         log(f"iteration 0 (few-shot base): accuracy {result['accuracy']:.3f}")
         finished[0] = row
+    return rundir, task, train_problems, test_problems, tokenizer, base, finished
+
+
+def run(cfg: Config) -> list[dict[str, Any]]:
+    """Run (or continue) STaR as configured; return the metrics rows, one per iteration."""
+    started = start_run(cfg)
+    if started is None:
+        return RunDir(cfg.run.output_dir).metrics()
+    rundir, task, train_problems, test_problems, tokenizer, base, finished = started
 
     last = max(finished)
     model = base if last == 0 else load_adapter(base, rundir.iter_dir(last) / "adapter")
     for it in range(last + 1, cfg.star.iterations + 1):
+        spent = budget_spent(rundir.metrics(), cfg)
+        if spent:
+            log(f"budget reached ({spent}); stopping before iteration {it}")
+            break
         t0, timings = time.time(), {}
         it_dir = rundir.iter_dir(it)
         clear_unfinished(it_dir)
@@ -150,21 +185,22 @@ def run(cfg: Config) -> list[dict[str, Any]]:
         # --- rationale generation and filtering -------------------------------------------
         t = time.time()
         samples = sample_rationales(model, tokenizer, task, train_problems, cfg, hint=False,
-                                    few_shot=few_shot, cache=cache)
+                                    few_shot=few_shot, cache=cache, num_samples=cfg.star.samples_per_problem)
         timings["seconds_sampling"] = round(time.time() - t, 1)
-        num_correct = sum(s["correct"] for s in samples)
+        num_correct = len({s["id"] for s in samples if s["correct"]})  # problems solved at least once
 
         # --- rationalization: the gold answer as a hint, for the problems still wrong -------
         t = time.time()
         rationalized: list[dict[str, Any]] = []
         if cfg.star.rationalization:
-            wrong = [p for p, s in zip(train_problems, samples) if not s["correct"]]
+            solved = {s["id"] for s in samples if s["correct"]}
+            wrong = [p for p in train_problems if p.id not in solved]
             rationalized = sample_rationales(model, tokenizer, task, wrong, cfg, hint=True,
                                              few_shot=True, cache=cache)
         timings["seconds_rationalization"] = round(time.time() - t, 1)
         all_samples = samples + rationalized
         write_jsonl(it_dir / "samples.jsonl", all_samples)
-        kept = keep_examples(task, train_problems, all_samples)
+        kept = keep_examples(task, train_problems, all_samples, cfg.star.max_kept_per_problem)
         write_jsonl(it_dir / "train.jsonl", kept)
         num_rationalized = sum(k["rationalized"] for k in kept)
         log(f"iteration {it}: {num_correct}/{len(train_problems)} answered right, "
@@ -196,7 +232,7 @@ def run(cfg: Config) -> list[dict[str, Any]]:
                                    few_shot=cfg.sampling.few_shot_after_training)
         write_jsonl(it_dir / "eval.jsonl", records)
         timings["seconds_eval"] = round(time.time() - t, 1)
-        row = {"iteration": it, **result, "num_train_examples": len(kept), "num_rationalized": num_rationalized,
+        row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept), "num_rationalized": num_rationalized,
                "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
                "steps": steps, "train_loss": history[-1]["loss"] if history else None,
                "generated_tokens": sum(s["tokens"] for s in all_samples),

@@ -63,7 +63,7 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted_run(tiny_mo
     cfg = config(out)
     kill_points = [  # while sampling, while training, right after an adapter is written
         lambda: len(read_jsonl(out / "iter_001" / "samples.partial.jsonl")) >= 6,
-        lambda: (out / "iter_001" / ".trainer").exists() or (out / "iter_002" / ".trainer").exists(),
+        lambda: (out / "iter_001" / "train.jsonl").exists(),  # written just before training starts
         lambda: (out / "iter_002" / "adapter").exists(),
     ]
     kills = 0

@@ -108,3 +108,22 @@ def test_iteration_that_keeps_nothing_stops_with_a_message(tiny_model_dir, tmp_p
     rows = run(from_dict(data))
     assert [r["iteration"] for r in rows] == [0]
     assert "kept no rationale" in capsys.readouterr().err
+
+
+def test_report_plots_match_metrics(finished_run):
+    from star_lite.cli import main
+    from star_lite.report import plot_accuracy, plot_accuracy_by_difficulty, plot_training_set
+
+    _, out, rows = finished_run
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    for name in ("accuracy.png", "training_set.png", "accuracy_by_difficulty.png"):
+        assert (out / name).stat().st_size > 1000 and f"]({name})" in text
+    assert list(plot_accuracy(out).axes[0].lines[0].get_ydata()) == [r["accuracy"] for r in rows]
+    bars = plot_training_set(out).axes[0].patches
+    heights = [b.get_height() for b in bars]
+    assert heights == [r["num_train_examples"] - r["num_rationalized"] for r in rows[1:]] + \
+        [r["num_rationalized"] for r in rows[1:]]
+    by_digit = plot_accuracy_by_difficulty(out).axes[0].lines[0].get_ydata()
+    assert list(by_digit) == [r["accuracy_by_difficulty"]["1-digit"] for r in rows]
+    assert "Example rationalized rationales" in text

@@ -151,4 +151,4 @@ class ArithmeticTask(Task):
         return extract_number_answer(completion)
 
     def difficulty(self, problem: Problem) -> str | None:
-        return f"{problem.meta.get('digits', '?')} digits"
+        return f"{problem.meta.get('digits', '?')}-digit"

@@ -89,6 +89,10 @@ class Task:
                 cut = min(cut, i)
         return text[:cut].strip()
 
+    def direct_answer(self, problem: Problem) -> str:
+        """The answer with no rationale: the target of the direct fine-tuning baseline."""
+        return f"The answer is {problem.answer}."
+
     def remove_hint(self, rationale: str) -> str:
         """Remove hint traces from a rationalized completion so it reads as if found unaided."""
         return rationale

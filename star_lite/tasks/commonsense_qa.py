@@ -100,6 +100,9 @@ class CommonsenseQATask(Task):
         return format_choices(problem.meta["stem"], problem.meta["labels"], problem.meta["texts"],
                               correct=problem.answer)
 
+    def direct_answer(self, problem: Problem) -> str:
+        return f"The answer is ({problem.answer.lower()})."
+
     def remove_hint(self, rationale: str) -> str:
         return re.sub(r"\s*\(CORRECT\)", "", rationale)
 

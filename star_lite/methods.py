@@ -1,0 +1,174 @@
+"""Every method a comparison runs, on the same task, split, seed, few-shot prompt and grader.
+
+    few-shot                 iteration 0 only: the base model with worked examples
+    sft-direct               one adapter trained on gold answers with no rationale (the paper's direct baseline)
+    star                     STaR with rationalization
+    star-no-rationalization  STaR without it
+    rest-em                  ReST-EM: k samples at temperature, binary reward, <= 10 kept per problem
+    self-motivated           SFT on right rationales, a reward model on right-over-wrong pairs, RL from SFT
+    grpo                     RL from the base model with the task's correctness reward alone
+
+Each method writes a run directory of the STaR layout; ``metrics.jsonl`` rows carry a
+``stage`` (few-shot, star, sft, sft-direct, rl).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from .config import Config
+from .evaluation import evaluate
+from .loop import (keep_examples, log, peak_memory_mb, run as run_star, sample_rationales, start_run)
+from .models import detach_adapter, fresh_adapter
+from .rundir import RunDir, read_jsonl, write_jsonl
+from .training import num_steps, release_memory, train_adapter
+
+STAGES = {"sft-direct": 1, "self-motivated": 2, "grpo": 1}  # iterations (stages) of the non-loop methods
+
+
+def method_config(cfg: Config, method: str) -> Config:
+    """The config ``method`` runs with: the shared one plus the method's own settings."""
+    c = copy.deepcopy(cfg)
+    c.run.output_dir = f"{cfg.compare.output_dir}/{method}"
+    if method == "few-shot":
+        c.star.iterations = 0
+    elif method == "star-no-rationalization":
+        c.star.rationalization = False
+    elif method == "rest-em":
+        c.star.rationalization = False  # ReST-EM found it raised false positives
+        c.star.samples_per_problem = cfg.rest_em.samples_per_problem
+        c.star.max_kept_per_problem = cfg.rest_em.max_kept_per_problem
+        c.sampling.temperature = cfg.rest_em.temperature
+    elif method == "sft-direct":
+        # as many optimizer steps as all of STaR's iterations together
+        c.train.start_steps = sum(num_steps(i, cfg.train.start_steps, cfg.train.step_growth)
+                                  for i in range(1, cfg.star.iterations + 1))
+    if method in STAGES:
+        c.star.iterations = STAGES[method]
+    return c
+
+
+def run_method(cfg: Config, method: str) -> list[dict[str, Any]]:
+    """Run (or continue) one method with the comparison's shared config; returns its metrics rows."""
+    mcfg = method_config(cfg, method)
+    runner = {"sft-direct": run_sft_direct, "self-motivated": run_self_motivated, "grpo": run_grpo}.get(method)
+    return runner(mcfg) if runner else run_star(mcfg)
+
+
+def _finish_row(rundir: RunDir, it: int, stage: str, t0: float, result: dict, **extra) -> dict[str, Any]:
+    row = {"iteration": it, "stage": stage, **result, "num_rationalized": 0, **extra,
+           "seconds": round(time.time() - t0, 1), "peak_memory_mb": round(peak_memory_mb())}
+    row.setdefault("num_train_examples", 0)
+    row.setdefault("generated_tokens", 0)
+    rundir.add_metrics(row)
+    log(f"{rundir.root.name} {stage}: accuracy {result['accuracy']:.3f}, {row['seconds']:.0f}s")
+    return row
+
+
+def run_sft_direct(cfg: Config) -> list[dict[str, Any]]:
+    """Fine-tune on gold answers, no rationale (STaR's 'direct fine-tune' baseline)."""
+    started = start_run(cfg)
+    if started is None:
+        return RunDir(cfg.run.output_dir).metrics()
+    rundir, task, train, test, tokenizer, base, _ = started
+    t0, it_dir = time.time(), rundir.iter_dir(1)
+    examples = [{"prompt": task.format_question(p), "completion": task.format_completion(task.direct_answer(p))}
+                for p in train]
+    write_jsonl(it_dir / "train.jsonl", examples)
+    model, history = train_adapter(base, tokenizer, examples, cfg, cfg.train.start_steps, it_dir)
+    result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
+    write_jsonl(it_dir / "eval.jsonl", records)
+    _finish_row(rundir, 1, "sft-direct", t0, result, num_train_examples=len(examples),
+                steps=cfg.train.start_steps, train_loss=history[-1]["loss"] if history else None)
+    return rundir.metrics()
+
+
+def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
+    """Self-motivated learning: SFT on right rationales (1), then reward model + RL from SFT (2)."""
+    from .rl import make_reward, pairwise_accuracy, preference_pairs, split_pairs, train_reward_model, train_rl
+
+    started = start_run(cfg)
+    if started is None:
+        return RunDir(cfg.run.output_dir).metrics()
+    rundir, task, train, test, tokenizer, base, finished = started
+    sft_dir = rundir.iter_dir(1)
+    if 1 not in finished:
+        t0 = time.time()
+        sample_cfg = copy.deepcopy(cfg)
+        sample_cfg.sampling.temperature = cfg.rl.temperature
+        samples = sample_rationales(base, tokenizer, task, train, sample_cfg, hint=False, few_shot=True,
+                                    cache=sft_dir / "samples.partial.jsonl", num_samples=cfg.rl.samples_per_problem)
+        write_jsonl(sft_dir / "samples.jsonl", samples)
+        kept = keep_examples(task, train, samples)
+        write_jsonl(sft_dir / "train.jsonl", kept)
+        if not kept:
+            log("self-motivated: no right rationale to train on; stopping")
+            return rundir.metrics()
+        steps = num_steps(1, cfg.train.start_steps, cfg.train.step_growth)
+        model, history = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
+                                                         for k in kept], cfg, steps, sft_dir)
+        result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
+        write_jsonl(sft_dir / "eval.jsonl", records)
+        _finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
+                    generated_tokens=sum(s["tokens"] for s in samples),
+                    train_loss=history[-1]["loss"] if history else None)
+        (sft_dir / "samples.partial.jsonl").unlink(missing_ok=True)
+        base = detach_adapter(model)
+        del model
+        release_memory()
+
+    t0, rl_dir = time.time(), rundir.iter_dir(2)
+    pairs = preference_pairs(task, train, read_jsonl(sft_dir / "samples.jsonl"))
+    train_pairs, held_pairs = split_pairs(pairs, cfg.rl.heldout_fraction, cfg.run.seed)
+    write_jsonl(rl_dir / "pairs.jsonl", [dict(p, heldout=p in held_pairs) for p in pairs])
+    reward_model, rm_history = train_reward_model(cfg, tokenizer, train_pairs, rl_dir)
+    pair_acc = pairwise_accuracy(reward_model, tokenizer, held_pairs)
+    log(f"self-motivated: reward model pairwise accuracy on {len(held_pairs)} held-out pairs: {pair_acc}")
+    from peft import PeftModel
+
+    policy = PeftModel.from_pretrained(base, str(sft_dir / "adapter"), is_trainable=True)  # RL from the SFT model
+    counter: dict[str, int] = {}
+    reward = make_reward(task, {p.id: p for p in train}, reward_model=reward_model, tokenizer=tokenizer,
+                         reward_model_weight=cfg.rl.reward_model_weight,
+                         correctness_weight=cfg.rl.correctness_weight, counter=counter)
+    budget = max(0, cfg.run.budget_tokens - sum(r.get("generated_tokens", 0) for r in rundir.metrics()))
+    model, history = train_rl(policy, tokenizer, task, train, reward, cfg, rl_dir,
+                              budget_tokens=budget if cfg.run.budget_tokens else 0, counter=counter)
+    del reward_model
+    release_memory()
+    result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
+    write_jsonl(rl_dir / "eval.jsonl", records)
+    _finish_row(rundir, 2, "rl", t0, result, generated_tokens=counter.get("tokens", 0),
+                reward_model_pairs=len(train_pairs), reward_model_heldout_pairs=len(held_pairs),
+                reward_model_pair_accuracy=pair_acc,
+                reward_model_loss=rm_history[-1]["loss"] if rm_history else None,
+                rl_steps=history[-1].get("step") if history else 0,
+                rl_reward_first=history[0]["reward"] if history else None,
+                rl_reward_last=history[-1]["reward"] if history else None)
+    return rundir.metrics()
+
+
+def run_grpo(cfg: Config) -> list[dict[str, Any]]:
+    """GRPO from the base model, rewarded by the task's grader alone (few-shot prompts, as the base needs them)."""
+    from .rl import make_reward, train_rl
+
+    started = start_run(cfg)
+    if started is None:
+        return RunDir(cfg.run.output_dir).metrics()
+    rundir, task, train, test, tokenizer, base, _ = started
+    t0, it_dir = time.time(), rundir.iter_dir(1)
+    counter: dict[str, int] = {}
+    reward = make_reward(task, {p.id: p for p in train}, correctness_weight=1.0, counter=counter)
+    policy = fresh_adapter(base, cfg.model)
+    model, history = train_rl(policy, tokenizer, task, train, reward, cfg, it_dir,
+                              num_few_shot=cfg.task.num_few_shot, budget_tokens=cfg.run.budget_tokens,
+                              counter=counter)
+    result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=True)
+    write_jsonl(it_dir / "eval.jsonl", records)
+    _finish_row(rundir, 1, "rl", t0, result, generated_tokens=counter.get("tokens", 0),
+                rl_reward_first=history[0]["reward"] if history else None,
+                rl_reward_last=history[-1]["reward"] if history else None)
+    return rundir.metrics()
+

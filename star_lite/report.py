@@ -1,0 +1,132 @@
+"""Plots and report.md for a run directory: what a person looks at instead of reading logs.
+
+    star-lite report runs/quickstart        ->  runs/quickstart/report.md + *.png
+
+In a notebook each plot is one call: ``plot_accuracy(run_dir)`` returns a matplotlib Figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .rundir import read_jsonl, write_atomic
+
+
+def _metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
+    if not rows:
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl rows yet; is this a run directory?")
+    return sorted(rows, key=lambda r: r["iteration"])
+
+
+def _figure():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "nbagg"):
+        matplotlib.use("Agg")  # files, no screen needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def plot_accuracy(run_dir: str | Path):
+    """Held-out accuracy per iteration (iteration 0 = few-shot base model)."""
+    rows = _metrics(run_dir)
+    fig, ax = _figure()
+    its = [r["iteration"] for r in rows]
+    ax.plot(its, [r["accuracy"] for r in rows], marker="o", label="held-out accuracy")
+    ax.set_xlabel("iteration (0 = few-shot base model)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(its)
+    ax.set_title("STaR: held-out accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_set(run_dir: str | Path):
+    """Training examples per iteration, split into found unaided and rationalized."""
+    rows = [r for r in _metrics(run_dir) if r["iteration"] > 0]
+    fig, ax = _figure()
+    its = [r["iteration"] for r in rows]
+    rationalized = [r["num_rationalized"] for r in rows]
+    unaided = [r["num_train_examples"] - r["num_rationalized"] for r in rows]
+    ax.bar(its, unaided, label="answered right unaided")
+    ax.bar(its, rationalized, bottom=unaided, label="rationalized (hint)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training examples")
+    ax.set_xticks(its)
+    ax.legend()
+    ax.set_title("Training set per iteration")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_by_difficulty(run_dir: str | Path):
+    """Held-out accuracy per difficulty group (e.g. digit count), per iteration; None if no groups."""
+    rows = _metrics(run_dir)
+    groups = sorted({g for r in rows for g in r.get("accuracy_by_difficulty", {})})
+    if not groups:
+        return None
+    fig, ax = _figure()
+    its = [r["iteration"] for r in rows]
+    for g in groups:
+        ax.plot(its, [r.get("accuracy_by_difficulty", {}).get(g) for r in rows], marker="o", label=g)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(its)
+    ax.legend()
+    ax.set_title("Accuracy by difficulty")
+    fig.tight_layout()
+    return fig
+
+
+def example_rationales(run_dir: str | Path, iteration: int | None = None, n: int = 3) -> dict[str, list[dict]]:
+    """A few kept, rationalized and rejected samples of one iteration (default: the last)."""
+    rows = [r for r in _metrics(run_dir) if r["iteration"] > 0]
+    if not rows:
+        return {"kept": [], "rationalized": [], "rejected": []}
+    it = iteration if iteration is not None else rows[-1]["iteration"]
+    samples = read_jsonl(Path(run_dir) / f"iter_{it:03d}" / "samples.jsonl")
+    return {
+        "kept": [s for s in samples if s["phase"] == "rationale" and s["correct"]][:n],
+        "rationalized": [s for s in samples if s["phase"] == "rationalization" and s["correct"]][:n],
+        "rejected": [s for s in samples if not s["correct"]][:n],
+    }
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write report.md and its PNG plots into ``run_dir``; return the report's path."""
+    import matplotlib.pyplot as plt
+
+    root = Path(run_dir)
+    rows = _metrics(root)
+    images = []
+    for name, make in (("accuracy.png", plot_accuracy), ("training_set.png", plot_training_set),
+                       ("accuracy_by_difficulty.png", plot_accuracy_by_difficulty)):
+        fig = make(root)
+        if fig is None:
+            continue
+        fig.savefig(root / name)
+        plt.close(fig)
+        images.append(name)
+    lines = [f"# STaR run: {root.name}", "", "| iteration | accuracy | training examples | rationalized | seconds |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['iteration']} | {r['accuracy']:.3f} | {r['num_train_examples']} | "
+                     f"{r['num_rationalized']} | {r['seconds']:.0f} |")
+    lines.append("")
+    lines += [f"![{name}]({name})" for name in images]
+    examples = example_rationales(root)
+    for kind, items in examples.items():
+        if items:
+            lines += ["", f"## Example {kind} rationales", ""]
+            for s in items:
+                lines.append(f"- **{s['question']}** (gold {s['gold']}) → {s['completion']}")
+    path = root / "report.md"
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path

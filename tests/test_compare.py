@@ -1,0 +1,154 @@
+"""Comparison mode on a tiny random model: every method end to end, reward model, RL, tables."""
+
+import csv
+
+import pytest
+import torch
+
+from star_lite.compare import comparison_rows, plot_comparison
+from star_lite.config import METHODS, ConfigError, from_dict
+from star_lite.evaluation import majority_answer, pass_at_k, score_k
+from star_lite.methods import method_config
+from star_lite.models import load_tokenizer
+from star_lite.rl import load_reward_base, pairwise_accuracy, preference_pairs, split_pairs, train_reward_model
+from star_lite.rundir import read_jsonl
+from star_lite.tasks import ArithmeticTask, Problem
+
+from conftest import tiny_config_dict
+
+
+def _compare_config(model_dir, out, **extra):
+    data = tiny_config_dict(model_dir, out / "unused", **extra)
+    data["compare"] = {"methods": list(METHODS), "output_dir": str(out)}
+    data["rest_em"] = {"samples_per_problem": 3, "max_kept_per_problem": 2}
+    data["rl"] = {"samples_per_problem": 3, "reward_steps": 3, "reward_batch_size": 4, "steps": 2,
+                  "num_generations": 2, "batch_size": 4, "max_completion_length": 6, "learning_rate": 1e-3,
+                  "correctness_weight": 0.5}
+    data["star"] = {"iterations": 2}
+    return data
+
+
+@pytest.fixture(scope="module")
+def finished_compare(tiny_model_dir, tmp_path_factory):
+    from star_lite.cli import main
+    import yaml
+
+    out = tmp_path_factory.mktemp("compare")
+    cfg_path = out / "compare.yaml"
+    cfg_path.write_text(yaml.safe_dump(_compare_config(tiny_model_dir, out)))
+    assert main(["compare", str(cfg_path)]) == 0
+    return out, from_dict(yaml.safe_load(cfg_path.read_text()))
+
+
+def test_every_method_runs_and_the_comparison_has_a_row_per_method_and_iteration(finished_compare):
+    out, cfg = finished_compare
+    with open(out / "comparison.csv") as f:
+        table = list(csv.DictReader(f))
+    expected = {"few-shot": [0], "sft-direct": [0, 1], "star": [0, 1, 2], "star-no-rationalization": [0, 1, 2],
+                "rest-em": [0, 1, 2], "self-motivated": [0, 1, 2], "grpo": [0, 1]}
+    for method, its in expected.items():
+        metrics = read_jsonl(out / method / "metrics.jsonl")
+        assert [r["iteration"] for r in metrics] == its, method
+        assert [int(r["iteration"]) for r in table if r["method"] == method] == its
+        assert [float(r["accuracy"]) for r in table if r["method"] == method] == \
+            [round(r["accuracy"], 4) for r in metrics]
+    assert (out / "comparison.md").read_text().count("\n") == len(table) + 2
+    for name in ("accuracy_by_iteration.png", "accuracy_by_tokens.png"):
+        assert (out / name).stat().st_size > 1000
+    # every method saw the same held-out problems, judged by the same grader
+    questions = {m: [r["question"] for r in read_jsonl(out / m / "iter_000" / "eval.jsonl")] for m in expected}
+    assert len({tuple(q) for q in questions.values()}) == 1
+
+
+def test_rest_em_samples_many_and_caps_kept_per_problem(finished_compare):
+    out, cfg = finished_compare
+    samples = read_jsonl(out / "rest-em" / "iter_001" / "samples.jsonl")
+    assert {s["phase"] for s in samples} == {"rationale"}  # no rationalization
+    assert len(samples) == 3 * cfg.task.num_train
+    kept = read_jsonl(out / "rest-em" / "iter_001" / "train.jsonl")
+    per_problem = {}
+    for k in kept:
+        per_problem[k["id"]] = per_problem.get(k["id"], 0) + 1
+    assert max(per_problem.values()) <= 2
+    saved = read_jsonl(out / "star-no-rationalization" / "iter_001" / "samples.jsonl")
+    assert {s["phase"] for s in saved} == {"rationale"}
+
+
+def test_self_motivated_logs_reward_model_and_rl(finished_compare):
+    out, _ = finished_compare
+    rows = read_jsonl(out / "self-motivated" / "metrics.jsonl")
+    assert [r["stage"] for r in rows] == ["few-shot", "sft", "rl"]
+    rl = rows[2]
+    assert rl["reward_model_pairs"] > 0 and rl["rl_reward_last"] is not None and rl["generated_tokens"] > 0
+    sft_adapter = out / "self-motivated" / "iter_001" / "adapter" / "adapter_model.safetensors"
+    rl_adapter = out / "self-motivated" / "iter_002" / "adapter" / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    a, b = load_file(sft_adapter), load_file(rl_adapter)
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a), "RL did not change the adapter"
+    grpo = read_jsonl(out / "grpo" / "metrics.jsonl")[-1]
+    assert grpo["stage"] == "rl" and grpo["rl_reward_first"] is not None
+
+
+def test_plot_values_match_the_table(finished_compare):
+    out, cfg = finished_compare
+    rows = comparison_rows(out, cfg.compare.methods)
+    fig = plot_comparison(rows, "cumulative_generated_tokens")
+    line = fig.axes[0].lines[list(cfg.compare.methods).index("star")]
+    star = [r for r in rows if r["method"] == "star"]
+    assert list(line.get_xdata()) == [r["cumulative_generated_tokens"] for r in star]
+    assert list(line.get_ydata()) == [r["accuracy"] for r in star]
+
+
+def test_reward_model_ranks_right_above_wrong_after_training(tiny_model_dir, tmp_path):
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path), [
+        "rl.reward_steps=40", "rl.reward_learning_rate=0.02", "rl.reward_batch_size=8"])
+    tok = load_tokenizer(cfg.model.name_or_path)
+    pairs = [{"prompt": f"Q: What is {i} + {j}?\nA:", "chosen": f" {i} + {j} = {i + j}. The answer is right.",
+              "rejected": f" {i} + {j} = {i + j + 1}. The answer is wrong."} for i in range(6) for j in range(4)]
+    train, held = pairs[:18], pairs[18:]
+    before = pairwise_accuracy(load_reward_base(cfg, tok), tok, held)
+    model, history = train_reward_model(cfg, tok, train, tmp_path)
+    after = pairwise_accuracy(model, tok, held)
+    assert after == 1.0, (before, after, history[-3:])
+    assert (tmp_path / "reward_model" / "adapter_config.json").is_file()
+
+
+def test_preference_pairs_and_split_by_question():
+    task = ArithmeticTask(1, 1)
+    problems = task.load("train", 6, 0)
+    samples = []
+    for n, p in enumerate(problems):
+        samples += [{"id": p.id, "completion": f"r{n}", "correct": True},
+                    {"id": p.id, "completion": f"w{n}", "correct": False}]
+    samples.append({"id": problems[0].id, "completion": "r0", "correct": True})  # duplicate: one pair only
+    pairs = preference_pairs(task, problems, samples)
+    assert len(pairs) == 6 and all(p["chosen"].strip().startswith("r") for p in pairs)
+    train, held = split_pairs(pairs, 0.34, seed=0)
+    assert len(held) == 2 and not {p["id"] for p in train} & {p["id"] for p in held}
+
+
+def test_pass_at_k_and_majority_vote_by_hand():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert majority_answer(["7", "8", "8", None]) == "8"
+    task = ArithmeticTask(1, 1)
+    problems = [Problem("a", "q", "3"), Problem("b", "q", "5")]
+    samples = [["The answer is 3.", "The answer is 4.", "The answer is 4."],   # 1 of 3 right, vote 4
+               ["The answer is 5.", "The answer is 5.", "no idea"]]           # 2 of 3 right, vote 5
+    got = score_k(task, problems, samples, k=3)
+    assert got == {"pass@3": 1.0, "maj@3": 0.5}
+    got2 = score_k(task, problems, samples, k=2)
+    assert got2["pass@2"] == pytest.approx(((1 - 1 / 3) + 1.0) / 2)
+
+
+def test_method_configs_and_bad_method_name(tiny_model_dir, tmp_path):
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path), ["star.iterations=3"])
+    assert method_config(cfg, "sft-direct").train.start_steps == 3 + 3 + 4  # int(3 * 1.2^k) summed
+    rest = method_config(cfg, "rest-em")
+    assert (rest.sampling.temperature, rest.star.samples_per_problem, rest.star.max_kept_per_problem,
+            rest.star.rationalization) == (0.7, 8, 10, False)
+    with pytest.raises(ConfigError, match="compare.methods: unknown method"):
+        from_dict({}, ["compare.methods=[star, ppo]"])
+    with pytest.raises(ConfigError, match="multiple of rl.num_generations"):
+        from_dict({}, ["rl.batch_size=6", "rl.num_generations=4"])
