@@ -70,6 +70,15 @@ def _trainer_device_args(cfg: Config) -> dict[str, Any]:
             "disable_tqdm": bool(os.environ.get("CI")) or os.environ.get("STAR_LITE_PROGRESS") == "0"}
 
 
+def match_adapter_dtype(model, cfg: Config) -> None:
+    """TRL casts QLoRA adapter weights to bfloat16; keep them in the compute dtype instead, which
+    on a CPU is float32 (bfloat16 adapters on a float32 base fail with a dtype mismatch)."""
+    dtype = resolve_dtype(cfg.model.compute_dtype, resolve_device(cfg.model.device))
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def load_reward_base(cfg: Config, tokenizer):
     """The base model with a one-output sequence-classification head, 4-bit when configured."""
     from transformers import AutoModelForSequenceClassification
@@ -103,6 +112,7 @@ def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     trainer = RewardTrainer(model=load_reward_base(cfg, tokenizer), args=args, train_dataset=data,
                             processing_class=tokenizer, peft_config=lcfg)
+    match_adapter_dtype(trainer.model, cfg)
     trainer.train()
     model = trainer.model
     model.save_pretrained(str(out_dir / "reward_model"))
@@ -181,6 +191,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     data = Dataset.from_list([{"prompt": task.prompt(p, num_few_shot=num_few_shot), "id": p.id} for p in problems])
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=data,
                           processing_class=tokenizer, callbacks=[StopAtBudget()])
+    match_adapter_dtype(trainer.model, cfg)
     trainer.train()
     history = [h for h in trainer.state.log_history if "reward" in h]
     model = trainer.model
