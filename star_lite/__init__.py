@@ -34,12 +34,12 @@ def compare(cfg: Config):
     return _compare(cfg)
 
 
-def report(run_dir):
+def write_report(run_dir):
     """Write report.md and PNG plots into a run directory; returns the report's path."""
     from .report import write_report
 
     return write_report(run_dir)
 
 
-__all__ = ["compare", "report", "Config", "ConfigError", "load_config", "run", "evaluate", "read_run", "load_task",
+__all__ = ["compare", "write_report", "Config", "ConfigError", "load_config", "run", "evaluate", "read_run", "load_task",
            "Task", "Problem", "Exemplar"]

@@ -123,7 +123,7 @@ def budget_spent(rows: list[dict[str, Any]], cfg: Config) -> str | None:
 
 def clear_unfinished(it_dir: Path) -> None:
     """Remove what an interrupted attempt at this iteration left, except its saved samples."""
-    for name in ("adapter", ".adapter.tmp", ".trainer"):
+    for name in ("adapter", ".adapter.tmp", "trainer"):
         shutil.rmtree(it_dir / name, ignore_errors=True)
     for name in ("train.jsonl", "eval.jsonl", "samples.jsonl"):
         (it_dir / name).unlink(missing_ok=True)
@@ -223,7 +223,8 @@ def run(cfg: Config) -> list[dict[str, Any]]:
         del model
         release_memory()
         model, history = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
-                                                         for k in kept], cfg, steps, it_dir)
+                                                         for k in kept], cfg, steps, it_dir,
+                                       seed=cfg.run.seed + it)
         timings["seconds_training"] = round(time.time() - t, 1)
 
         # --- evaluate and record -----------------------------------------------------------

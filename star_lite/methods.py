@@ -77,7 +77,8 @@ def run_sft_direct(cfg: Config) -> list[dict[str, Any]]:
     examples = [{"prompt": task.format_question(p), "completion": task.format_completion(task.direct_answer(p))}
                 for p in train]
     write_jsonl(it_dir / "train.jsonl", examples)
-    model, history = train_adapter(base, tokenizer, examples, cfg, cfg.train.start_steps, it_dir)
+    model, history = train_adapter(base, tokenizer, examples, cfg, cfg.train.start_steps, it_dir,
+                                   seed=cfg.run.seed + 1)
     result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
     write_jsonl(it_dir / "eval.jsonl", records)
     _finish_row(rundir, 1, "sft-direct", t0, result, num_train_examples=len(examples),
@@ -108,7 +109,8 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
             return rundir.metrics()
         steps = num_steps(1, cfg.train.start_steps, cfg.train.step_growth)
         model, history = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
-                                                         for k in kept], cfg, steps, sft_dir)
+                                                         for k in kept], cfg, steps, sft_dir,
+                                           seed=cfg.run.seed + 1)
         result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
         write_jsonl(sft_dir / "eval.jsonl", records)
         _finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
@@ -152,6 +154,8 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
 
 def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     """GRPO from the base model, rewarded by the task's grader alone (few-shot prompts, as the base needs them)."""
+    from transformers import set_seed
+
     from .rl import make_reward, train_rl
 
     started = start_run(cfg)
@@ -161,6 +165,7 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     t0, it_dir = time.time(), rundir.iter_dir(1)
     counter: dict[str, int] = {}
     reward = make_reward(task, {p.id: p for p in train}, correctness_weight=1.0, counter=counter)
+    set_seed(cfg.run.seed + 1)
     policy = fresh_adapter(base, cfg.model)
     model, history = train_rl(policy, tokenizer, task, train, reward, cfg, it_dir,
                               num_few_shot=cfg.task.num_few_shot, budget_tokens=cfg.run.budget_tokens,

@@ -20,7 +20,7 @@ import torch
 from .config import Config
 from .models import lora_config, resolve_device, resolve_dtype, resolve_model_path, bnb_config
 from .tasks import Problem, Task
-from .training import TrainingError, release_memory
+from .training import TrainingError, release_memory, remove_if_empty
 
 
 def preference_pairs(task: Task, problems: list[Problem], samples: list[dict[str, Any]],
@@ -105,7 +105,7 @@ def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_
                             "for one question; raise rl.samples_per_problem or rl.temperature")
     lcfg = lora_config(cfg.model)
     lcfg.task_type = TaskType.SEQ_CLS
-    args = RewardConfig(output_dir=str(out_dir / ".reward_trainer"), max_steps=cfg.rl.reward_steps,
+    args = RewardConfig(output_dir=str(out_dir / "reward_trainer"), max_steps=cfg.rl.reward_steps,
                         per_device_train_batch_size=cfg.rl.reward_batch_size,
                         learning_rate=cfg.rl.reward_learning_rate, max_length=cfg.train.max_length,
                         **_trainer_device_args(cfg))
@@ -116,7 +116,7 @@ def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_
     trainer.train()
     model = trainer.model
     model.save_pretrained(str(out_dir / "reward_model"))
-    shutil.rmtree(out_dir / ".reward_trainer", ignore_errors=True)
+    remove_if_empty(out_dir / "reward_trainer")
     history = [h for h in trainer.state.log_history if "loss" in h]
     del trainer
     release_memory()
@@ -183,7 +183,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
             if budget_tokens and counter and counter.get("tokens", 0) >= budget_tokens:
                 control.should_training_stop = True
 
-    args = GRPOConfig(output_dir=str(out_dir / ".rl_trainer"), max_steps=cfg.rl.steps,
+    args = GRPOConfig(output_dir=str(out_dir / "rl_trainer"), max_steps=cfg.rl.steps,
                       per_device_train_batch_size=cfg.rl.batch_size, num_generations=cfg.rl.num_generations,
                       learning_rate=cfg.rl.learning_rate, beta=cfg.rl.beta,
                       temperature=cfg.rl.generation_temperature,
@@ -200,7 +200,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     model.save_pretrained(str(tmp))
     shutil.rmtree(out_dir / "adapter", ignore_errors=True)
     os.replace(tmp, out_dir / "adapter")
-    shutil.rmtree(out_dir / ".rl_trainer", ignore_errors=True)
+    remove_if_empty(out_dir / "rl_trainer")
     del trainer
     release_memory()
     return model.eval(), history

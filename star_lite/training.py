@@ -46,13 +46,17 @@ def _nan_guard():
     return StopOnNonFiniteLoss()
 
 
-def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, steps: int, out_dir: Path):
+def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, steps: int, out_dir: Path,
+                  seed: int = 0):
     """Train a new adapter on ``examples`` ({"prompt", "completion"}) for ``steps`` steps.
 
+    The adapter's initial weights depend on ``seed`` alone (not on what ran before in the
+    process), so a resumed run trains exactly the adapter an uninterrupted one would.
     Returns the trained PeftModel (in eval mode) and saves the adapter to ``out_dir/adapter``.
     """
     import datasets
     from datasets import Dataset
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # one bar per map step is noise; the trainer shows its own
@@ -61,10 +65,11 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         raise TrainingError("no training examples")
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.compute_dtype, device)
+    set_seed(seed)
     model = fresh_adapter(base, cfg.model)
     if cfg.train.gradient_checkpointing:
         model.enable_input_require_grads()
-    work_dir = out_dir / ".trainer"
+    work_dir = out_dir / "trainer"  # TRL's report_to logs (tensorboard, ...) land here
     args = SFTConfig(
         output_dir=str(work_dir),
         max_steps=steps,
@@ -74,7 +79,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         warmup_steps=cfg.train.warmup_steps,
         weight_decay=cfg.train.weight_decay,
         max_length=cfg.train.max_length,
-        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        **({"gradient_checkpointing": True} if cfg.train.gradient_checkpointing else {}),
         completion_only_loss=True,
         logging_steps=cfg.train.logging_steps,
         report_to=cfg.train.report_to,
@@ -96,11 +101,17 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     model.save_pretrained(str(tmp_dir))
     shutil.rmtree(adapter_dir, ignore_errors=True)
     os.replace(tmp_dir, adapter_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    remove_if_empty(work_dir)
     del trainer  # release optimizer state before the next iteration
     release_memory()
     model.eval()
     return model, history
+
+
+def remove_if_empty(path: Path) -> None:
+    """Drop a trainer's output directory unless a logger (report_to) wrote into it."""
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def release_memory() -> None:
