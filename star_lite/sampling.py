@@ -6,6 +6,7 @@ so a batch runs only as long as its longest *answer*, not to the token limit.
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -32,15 +33,56 @@ def _num_generated(row: torch.Tensor, pad_id: int | None, eos_ids: set[int]) -> 
     return n
 
 
+def shared_prefix(rows: list[list[int]], min_len: int = 16) -> list[int]:
+    """The longest token prefix all rows share, leaving each row at least one token of its own;
+    empty when shorter than ``min_len`` (not worth a separate prefill).
+
+    >>> shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3]], min_len=2)
+    [1, 2]
+    """
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return first[:n] if n >= min_len else []
+
+
+def _prefill(model, prefix: list[int], device):
+    """Keys and values of the shared prefix, computed once (batch of one)."""
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+    return out.past_key_values
+
+
+def _batch_inputs(rows: list[list[int]], prefix_len: int, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Pad each row's own tail on its left, after the shared prefix: [prefix][pad...][tail].
+
+    The attention mask hides the padding; position ids follow the mask, so every prompt sees
+    the same positions as with ordinary left padding.
+    """
+    tails = [r[prefix_len:] for r in rows]
+    width = max(len(t) for t in tails)
+    input_ids, mask = [], []
+    for r, t in zip(rows, tails):
+        gap = width - len(t)
+        input_ids.append(r[:prefix_len] + [pad_id] * gap + t)
+        mask.append([1] * prefix_len + [0] * gap + [1] * len(t))
+    return {"input_ids": torch.tensor(input_ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop_strings: Sequence[str] = ("\n\n",),
              desc: str = "sampling", on_batch: Callable[[list[int], list[Generation]], None] | None = None,
-             ) -> list[Generation]:
+             share_prefix: bool = True) -> list[Generation]:
     """Generate a continuation for every prompt; greedy when ``temperature == 0``.
 
-    Prompts are grouped by length so a batch pads little. ``on_batch(indices, generations)``
-    is called after each batch (the loop uses it to save progress).
+    Prompts are grouped by length so a batch pads little. When the prompts share a long token
+    prefix (the few-shot examples), its keys and values are computed once and copied into every
+    batch, and only each prompt's own tail is prefilled (``share_prefix``). ``on_batch(indices,
+    generations)`` is called after each batch (the loop uses it to save progress).
     """
     was_training = model.training
     model.eval()
@@ -57,18 +99,25 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
     else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     device = next(model.parameters()).device
+    ids = tokenizer(list(prompts))["input_ids"]
+    prefix = shared_prefix(ids) if share_prefix and len(prompts) > 1 else []
+    prefix_cache = _prefill(model, prefix, device) if prefix else None
     bar = progress(total=len(prompts), desc=desc, unit="seq")
     try:
         start = 0
         while start < len(order):
             idx = order[start:start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+            enc = _batch_inputs([ids[i] for i in idx], len(prefix), tokenizer.pad_token_id, device)
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(idx))
+                enc["past_key_values"] = cache
             try:
                 out = model.generate(**enc, **gen_kwargs)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
-                del enc
+                enc = None
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 batch_size = max(1, batch_size // 2)
