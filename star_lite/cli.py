@@ -1,4 +1,4 @@
-"""Command line: star-lite run | eval | compare | report."""
+"""Command line: star-lite run | eval | compare | bench | report."""
 
 from __future__ import annotations
 
@@ -46,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
                                            "task, split, seed, prompt and grader; writes comparison.csv/.md and "
                                            "PNG plots into compare.output_dir. Each method's run resumes.")
     add_common(p_compare)
+    p_bench = sub.add_parser("bench", help="sampling and SFT throughput against plain model.generate",
+                             description="Prints useful tokens/s of star_lite's sampler and of plain "
+                                         "model.generate on the same few-shot prompts (same run, alternating), "
+                                         "prefill and decode time, SFT tokens/s and peak memory; medians and spread.")
+    add_common(p_bench)
+    p_bench.add_argument("--repeats", type=int, default=3, help="repeated measurements (default 3)")
+    p_bench.add_argument("--num-prompts", type=int, default=64, help="prompts per sampling run (default 64)")
+    p_bench.add_argument("--sft-steps", type=int, default=5, help="SFT steps per measurement (default 5)")
+    p_bench.add_argument("--random-weights", metavar="ARCH",
+                         help="a random-weight model of a real architecture's size, no download: "
+                              "Qwen2.5-1.5B, Llama-3.2-1B, Llama-3.1-8B (tokenizer from model.name_or_path)")
     p_report = sub.add_parser("report", help="write report.md and PNG plots for a run directory",
                               description="Plots accuracy per iteration, the training set per iteration "
                                           "(rationalized share), accuracy by difficulty, and example rationales.")
@@ -64,6 +75,15 @@ def _cmd_compare(args) -> int:
         print(f"{r['method']:<24} {r['iteration']:>9} {r['accuracy']:>9.3f} "
               f"{r['cumulative_generated_tokens']:>12} {r['cumulative_seconds']:>8.0f}")
     print(f"comparison: {cfg.compare.output_dir}/comparison.md")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench
+
+    cfg = load_config(args.config, args.overrides)
+    bench(cfg, repeats=args.repeats, num_prompts=args.num_prompts, sft_steps=args.sft_steps,
+          random_weights=args.random_weights)
     return 0
 
 
@@ -103,7 +123,8 @@ def _cmd_eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _cmd_run, "eval": _cmd_eval, "compare": _cmd_compare, "report": _cmd_report}[args.command](args)
+        return {"run": _cmd_run, "eval": _cmd_eval, "compare": _cmd_compare, "bench": _cmd_bench,
+                "report": _cmd_report}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to continue", file=sys.stderr)
         return 130

@@ -53,3 +53,26 @@ def test_shared_prefix_and_middle_padding():
     enc = _batch_inputs([[7, 7, 1], [7, 7, 2, 3, 4]], prefix_len=2, pad_id=0, device="cpu")
     assert enc["input_ids"].tolist() == [[7, 7, 0, 0, 1], [7, 7, 2, 3, 4]]
     assert enc["attention_mask"].tolist() == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+
+
+def test_bench_smoke_prints_side_by_side_figures(tiny_model_dir, tmp_path, capsys):
+    from star_lite.bench import bench
+
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path), ["model.load_in_4bit=false", "task.num_few_shot=3"])
+    result = bench(cfg, repeats=2, num_prompts=6, sft_steps=1)
+    out = capsys.readouterr().out
+    for line in ("useful tokens/s, star_lite", "useful tokens/s, plain generate", "speed-up", "SFT training tokens/s",
+                 "peak memory"):
+        assert line in out
+    assert result["differing_sequences"] == 0
+    assert result["median"]["fast_tps"] > 0 and result["median"]["plain_tps"] > 0 and result["median"]["sft_tps"] > 0
+
+
+def test_bench_random_weights_of_a_named_architecture(tiny_model_dir, tmp_path, capsys):
+    from star_lite.bench import bench
+
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path), ["model.load_in_4bit=true", "task.num_few_shot=2"])
+    result = bench(cfg, repeats=1, num_prompts=4, sft_steps=1, random_weights="tiny-llama")
+    assert result["model"] == "tiny-llama" and result["4bit"] and result["differing_sequences"] == 0
+    with pytest.raises(ValueError, match="unknown architecture 'GPT-5'"):
+        bench(cfg, repeats=1, num_prompts=2, sft_steps=1, random_weights="GPT-5")

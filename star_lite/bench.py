@@ -1,0 +1,172 @@
+"""`star-lite bench`: sampling and SFT throughput, side by side with plain `model.generate`.
+
+Both samplers get the same prompts (the task's few-shot prompts), batch size and greedy
+settings, alternately, in the same process; the table reports medians and the spread over
+``--repeats``. Useful tokens are those up to each sequence's stop, never padding.
+
+    star-lite bench configs/quickstart.yaml --repeats 3
+    star-lite bench configs/quickstart.yaml --random-weights Llama-3.1-8B --set model.load_in_4bit=true
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .sampling import _num_generated, generate
+
+# Sizes of real architectures, for speed and memory figures with random weights (no download).
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "Qwen2.5-1.5B": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "Llama-3.2-1B": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "Llama-3.1-8B": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "tiny-llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True),
+}
+
+
+def random_weights_checkpoint(arch: str, tokenizer_source: str, out_dir: Path) -> Path:
+    """Save a model of ``arch``'s sizes with random weights (and a tokenizer) as a checkpoint."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models import load_tokenizer
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"--random-weights: unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
+    spec = dict(ARCHITECTURES[arch])
+    config = AutoConfig.for_model(spec.pop("model_type"), max_position_embeddings=4096, **spec)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out_dir)
+    load_tokenizer(tokenizer_source).save_pretrained(out_dir)  # a real tokenizer; ids stay below vocab_size
+    return out_dir
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.no_grad()
+def plain_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
+                   stop_strings) -> tuple[list[str], int]:
+    """The baseline: `model.generate` on left-padded batches in the given order; (texts, useful tokens)."""
+    device = next(model.parameters()).device
+    eos = {tokenizer.eos_token_id}
+    texts, tokens = [], 0
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=list(stop_strings),
+                             tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+        tokens += sum(_num_generated(row, tokenizer.pad_token_id, eos) for row in new)
+    return texts, tokens
+
+
+def _timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - t
+
+
+def _summary(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{med:10.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: int = 5,
+          random_weights: str | None = None) -> dict[str, Any]:
+    """Measure and print sampling (star_lite vs plain generate) and SFT throughput; return the figures."""
+    from .loop import build_task
+    from .models import load_base_model, load_tokenizer, resolve_device
+    from .training import train_adapter
+
+    cfg = copy.deepcopy(cfg)
+    device = resolve_device(cfg.model.device)
+    tmp = tempfile.TemporaryDirectory(prefix="star_lite_bench_")
+    if random_weights:
+        cfg.model.name_or_path = str(random_weights_checkpoint(random_weights, cfg.model.name_or_path, Path(tmp.name)))
+    task, train, test = build_task(cfg)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    model = load_base_model(cfg.model)
+    problems = (test + train)[:num_prompts]
+    prompts = [task.prompt(p, num_few_shot=cfg.task.num_few_shot) for p in problems]
+    # the same prompts, in the same length-sorted order, for both samplers
+    prompts.sort(key=len)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    bs, mnt = cfg.sampling.batch_size, cfg.sampling.max_new_tokens
+    figures: dict[str, list[float]] = {k: [] for k in ("fast_tps", "plain_tps", "fast_s", "plain_s", "prefill_s",
+                                                       "sft_tps")}
+    differing = 0
+    fast_texts: list[str] = []
+    for r in range(repeats):
+        order = ("fast", "plain") if r % 2 == 0 else ("plain", "fast")  # alternate to share the machine's drift
+        for which in order:
+            if which == "fast":
+                gens, sec = _timed(lambda: generate(model, tokenizer, prompts, batch_size=bs, max_new_tokens=mnt,
+                                                    stop_strings=task.stop_strings, desc="bench"))
+                fast_texts = [g.text for g in gens]
+                figures["fast_tps"].append(sum(g.num_tokens for g in gens) / sec)
+                figures["fast_s"].append(sec)
+            else:
+                (plain_texts, tokens), sec = _timed(lambda: plain_generate(model, tokenizer, prompts, bs, mnt,
+                                                                           task.stop_strings))
+                figures["plain_tps"].append(tokens / sec)
+                figures["plain_s"].append(sec)
+        differing = sum(a != b for a, b in zip(fast_texts, plain_texts))
+        _, sec = _timed(lambda: generate(model, tokenizer, prompts, batch_size=bs, max_new_tokens=1,
+                                         stop_strings=task.stop_strings, desc="prefill"))
+        figures["prefill_s"].append(sec)
+    sampling_peak = peak_memory_mb(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    examples = [{"prompt": task.format_question(p), "completion": task.format_completion(task.direct_answer(p))}
+                for p in train[: max(cfg.train.batch_size * sft_steps, 1)]]
+    n_tokens = sum(len(tokenizer(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in examples)
+    for r in range(repeats):
+        out = Path(tmp.name) / f"sft_{r}"
+        trained, sec = _timed(lambda: train_adapter(model, tokenizer, examples, cfg, sft_steps, out))
+        model = trained[0].unload()
+        per_step = n_tokens / max(1, len(examples)) * cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+        figures["sft_tps"].append(per_step * sft_steps / sec)
+    result = {
+        "device": device, "model": random_weights or cfg.model.name_or_path, "4bit": cfg.model.load_in_4bit,
+        "prompts": len(prompts), "batch_size": bs, "repeats": repeats,
+        "median": {k: statistics.median(v) for k, v in figures.items()},
+        "spread": {k: (min(v), max(v)) for k, v in figures.items()},
+        "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
+        "differing_sequences": differing, "peak_memory_mb_sampling": sampling_peak,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+    decode = [max(0.0, f - p) for f, p in zip(figures["fast_s"], figures["prefill_s"])]
+    print(f"star-lite bench: {result['model']} on {device} ({'4-bit NF4' if result['4bit'] else 'full precision'}), "
+          f"{len(prompts)} few-shot prompts, batch {bs}, {repeats} repeats: median (min-max)")
+    print(f"{'sampling useful tokens/s, star_lite':<42}{_summary(figures['fast_tps'])}")
+    print(f"{'sampling useful tokens/s, plain generate':<42}{_summary(figures['plain_tps'])}")
+    print(f"{'speed-up (same-run ratio, median)':<42}{result['speedup']:10.2f}x")
+    print(f"{'star_lite prefill seconds (1 new token)':<42}{_summary(figures['prefill_s'])}")
+    print(f"{'star_lite decode seconds (total - prefill)':<42}{_summary(decode)}")
+    print(f"{'SFT training tokens/s':<42}{_summary(figures['sft_tps'])}")
+    print(f"{'peak memory MB (sampling / overall)':<42}{sampling_peak:10.0f} / {result['peak_memory_mb']:.0f}")
+    print(f"{'greedy outputs differing from plain':<42}{differing:10d} of {len(prompts)}")
+    tmp.cleanup()
+    return result
