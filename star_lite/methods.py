@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Config
 from .evaluation import evaluate
-from .loop import (keep_examples, log, peak_memory_mb, run as run_star, sample_rationales, start_run)
+from .loop import budget_spent, keep_examples, log, peak_memory_mb, run as run_star, sample_rationales, start_run
 from .models import detach_adapter, fresh_adapter
 from .rundir import RunDir, read_jsonl, write_jsonl
 from .training import num_steps, release_memory, train_adapter
@@ -55,6 +55,13 @@ def run_method(cfg: Config, method: str) -> list[dict[str, Any]]:
     mcfg = method_config(cfg, method)
     runner = {"sft-direct": run_sft_direct, "self-motivated": run_self_motivated, "grpo": run_grpo}.get(method)
     return runner(mcfg) if runner else run_star(mcfg)
+
+
+def _seconds_left(rundir: RunDir, cfg: Config) -> float:
+    """What remains of run.budget_seconds (0 = no limit; at least a second when one is set)."""
+    if not cfg.run.budget_seconds:
+        return 0.0
+    return max(1.0, cfg.run.budget_seconds - sum(r.get("seconds", 0.0) for r in rundir.metrics()))
 
 
 def _finish_row(rundir: RunDir, it: int, stage: str, t0: float, result: dict, **extra) -> dict[str, Any]:
@@ -121,6 +128,10 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
         del model
         release_memory()
 
+    spent = budget_spent(rundir.metrics(), cfg)
+    if spent:
+        log(f"self-motivated: budget reached ({spent}) after SFT; no RL phase")
+        return rundir.metrics()
     t0, rl_dir = time.time(), rundir.iter_dir(2)
     pairs = preference_pairs(task, train, read_jsonl(sft_dir / "samples.jsonl"))
     train_pairs, held_pairs = split_pairs(pairs, cfg.rl.heldout_fraction, cfg.run.seed)
@@ -135,9 +146,10 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
     reward = make_reward(task, {p.id: p for p in train}, reward_model=reward_model, tokenizer=tokenizer,
                          reward_model_weight=cfg.rl.reward_model_weight,
                          correctness_weight=cfg.rl.correctness_weight, counter=counter)
-    budget = max(0, cfg.run.budget_tokens - sum(r.get("generated_tokens", 0) for r in rundir.metrics()))
+    remaining = cfg.run.budget_tokens - sum(r.get("generated_tokens", 0) for r in rundir.metrics())
     model, history = train_rl(policy, tokenizer, task, train, reward, cfg, rl_dir,
-                              budget_tokens=budget if cfg.run.budget_tokens else 0, counter=counter)
+                              budget_tokens=remaining if cfg.run.budget_tokens else 0,
+                              budget_seconds=_seconds_left(rundir, cfg), counter=counter)
     del reward_model
     release_memory()
     result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
@@ -169,7 +181,7 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     policy = fresh_adapter(base, cfg.model)
     model, history = train_rl(policy, tokenizer, task, train, reward, cfg, it_dir,
                               num_few_shot=cfg.task.num_few_shot, budget_tokens=cfg.run.budget_tokens,
-                              counter=counter)
+                              budget_seconds=_seconds_left(rundir, cfg), counter=counter)
     result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=True)
     write_jsonl(it_dir / "eval.jsonl", records)
     _finish_row(rundir, 1, "rl", t0, result, generated_tokens=counter.get("tokens", 0),

@@ -172,15 +172,25 @@ def make_reward(task: Task, problems: dict[str, Problem], *, reward_model=None, 
 
 
 def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, cfg: Config, out_dir: Path,
-             *, num_few_shot: int = 0, budget_tokens: int = 0, counter: dict[str, int] | None = None):
-    """RL with TRL's GRPOTrainer on the policy's LoRA adapter; saves it to ``out_dir/adapter``."""
+             *, num_few_shot: int = 0, budget_tokens: int = 0, budget_seconds: float = 0.0,
+             counter: dict[str, int] | None = None):
+    """RL with TRL's GRPOTrainer on the policy's LoRA adapter; saves it to ``out_dir/adapter``.
+
+    Training stops early once ``budget_tokens`` completion tokens were generated or
+    ``budget_seconds`` passed (0 = no limit), so RL methods stop at the same cost as the others.
+    """
+    import time
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    deadline = time.time() + budget_seconds if budget_seconds else None
+
     class StopAtBudget(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if budget_tokens and counter and counter.get("tokens", 0) >= budget_tokens:
+                control.should_training_stop = True
+            if deadline is not None and time.time() >= deadline:
                 control.should_training_stop = True
 
     args = GRPOConfig(output_dir=str(out_dir / "rl_trainer"), max_steps=cfg.rl.steps,

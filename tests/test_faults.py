@@ -108,3 +108,37 @@ def test_out_of_memory_while_sampling_lowers_the_batch_size(tiny_model_dir, caps
     assert len(gens) == 5 and all(g is not None for g in gens)
     assert sizes[:3] == [5, 4, 2] and max(sizes[2:]) <= 2
     assert "batch size lowered to 2" in capsys.readouterr().err
+
+
+def test_empty_or_unreadable_dataset_is_refused_before_any_model_is_loaded(tmp_path, capsys):
+    from star_lite.cli import main
+
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("")
+    broken = tmp_path / "test.jsonl"
+    broken.write_text('{"question": "a", "answer": "#### 1"}\n{not json\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tmp_path / "no_model_here")},  # never reached
+        "task": {"name": "gsm8k", "options": {"data_files": {"train": str(empty), "test": str(broken)}}},
+        "run": {"output_dir": str(tmp_path / "run")}}))
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: the file is empty" in err and "Traceback" not in err
+    empty.write_text('{"question": "a", "answer": "#### 1"}\n')
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}: cannot read as json" in err and "cannot load" not in err
+
+
+def test_non_finite_loss_stops_with_what_to_change(tiny_model_dir, tmp_path, capsys):
+    from star_lite.cli import main
+
+    data = tiny_config_dict(tiny_model_dir, tmp_path / "run", model={"load_in_4bit": False},
+                            train={"learning_rate": 1e30, "start_steps": 4, "logging_steps": 1})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "training loss became" in err and "Lower train.learning_rate" in err and "Traceback" not in err
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0]

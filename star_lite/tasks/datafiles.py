@@ -45,7 +45,12 @@ def _load_local(datasets: Any, path: Path, split: str) -> list[dict[str, Any]]:
     fmt = _LOCAL_FORMATS.get(path.suffix)
     if fmt is None:
         raise DataError(f"{path}: unsupported format '{path.suffix}'; use {', '.join(_LOCAL_FORMATS)}")
-    ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; a {split} split needs at least one row")
+    try:
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as err:  # datasets' parse errors name neither the file nor the row
+        raise DataError(f"{path}: cannot read as {fmt}: {err}") from None
     return [dict(r) for r in ds]
 
 
