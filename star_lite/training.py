@@ -37,11 +37,12 @@ def _nan_guard():
 
     class StopOnNonFiniteLoss(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise TrainingError(
-                    f"training loss became {loss} at step {state.global_step}. Lower train.learning_rate "
-                    "(e.g. halve it), or use model.compute_dtype=bfloat16 instead of float16.")
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if value is not None and not math.isfinite(value):
+                    raise TrainingError(
+                        f"training {key.replace('_', ' ')} became {value} at step {state.global_step}. Lower "
+                        "train.learning_rate (e.g. halve it), or use model.compute_dtype=bfloat16 instead of float16.")
 
     return StopOnNonFiniteLoss()
 
@@ -81,6 +82,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         max_length=cfg.train.max_length,
         **({"gradient_checkpointing": True} if cfg.train.gradient_checkpointing else {}),
         completion_only_loss=True,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
         logging_steps=cfg.train.logging_steps,
         report_to=cfg.train.report_to,
         save_strategy="no",

@@ -140,5 +140,5 @@ def test_non_finite_loss_stops_with_what_to_change(tiny_model_dir, tmp_path, cap
     cfg.write_text(yaml.safe_dump(data))
     assert main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "training loss became" in err and "Lower train.learning_rate" in err and "Traceback" not in err
+    assert "became nan at step" in err and "Lower train.learning_rate" in err and "Traceback" not in err
     assert [r["iteration"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0]
