@@ -309,13 +309,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. star.iterations=3")
         dotted, raw = item.split("=", 1)
         parts = dotted.strip().split(".")
-        if len(parts) != 2:
-            raise ConfigError(f"--set {item!r}: the key must be section.key, e.g. train.learning_rate")
-        section, key = parts
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
-            raise ConfigError(f"{section}: expected a mapping of keys")
-        data[section][key] = yaml.safe_load(raw) if raw.strip() else ""
+        if len(parts) not in (2, 3):
+            raise ConfigError(f"--set {item!r}: the key must be section.key, e.g. train.learning_rate "
+                              "(or section.key.name inside a mapping, e.g. task.options.max_digits)")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        target = data
+        for part in parts[:-1]:  # section, then (for task.options.x) the mapping inside it
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{dotted}: '{part}' is not a mapping of keys")
+        target[parts[-1]] = value
     return data
 
 

@@ -23,9 +23,9 @@ def test_every_config_loads_and_validates(path):
 
 def test_overrides_and_types():
     cfg = from_dict({}, ["star.iterations=5", "train.learning_rate=1e-4", "model.lora_target_modules=q_proj,v_proj",
-                         "task.options={min_digits: 2}"])
+                         "task.options={min_digits: 2}", "task.options.max_digits=3"])
     assert cfg.star.iterations == 5 and cfg.train.learning_rate == 1e-4
-    assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.task.options == {"min_digits": 2}
+    assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.task.options == {"min_digits": 2, "max_digits": 3}
 
 
 @pytest.mark.parametrize("data, overrides, message", [
@@ -37,6 +37,7 @@ def test_overrides_and_types():
     ({}, ["train.batch_size=0"], r"train.batch_size: must be at least 1, got 0"),
     ({}, ["model.device=tpu"], r"model.device: must be one of"),
     ({}, ["iterations=3"], r"the key must be section.key"),
+    ({}, ["star.iterations.x=3"], r"star.iterations: expected an integer, got {'x': 3}"),
     ({}, ["star.iterations"], r"expected section.key=value"),
 ])
 def test_bad_configs_name_the_field(data, overrides, message):
@@ -58,3 +59,28 @@ def test_diff_keys():
     b = from_dict({}, ["star.iterations=9", "train.learning_rate=0.5"]).to_dict()
     assert diff_keys(a, b) == ["star.iterations", "train.learning_rate"]
     assert diff_keys(a, yaml.safe_load(yaml.safe_dump(a))) == []
+
+
+def test_reference_config_lists_every_key_with_its_default():
+    from star_lite.config import Config, flatten
+
+    path = Path(__file__).parents[1] / "configs" / "reference.yaml"
+    reference = flatten(yaml.safe_load(path.read_text()))
+    defaults = flatten(Config().to_dict())
+    assert reference.keys() == defaults.keys()
+    assert load_config(path).to_dict() == Config().to_dict()  # and its values are the defaults
+
+
+def test_readme_task_example_is_a_working_task():
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(# mypkg/tasks.py.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)
+    task = namespace["ReverseWord"]()
+    train, test = task.load("train", 0, seed=0), task.load("test", 2, seed=0)
+    assert train and len(test) == 2 and not {p.id for p in train} & {p.id for p in test}
+    for ex in task.exemplars():
+        assert task.is_correct(ex.rationale, ex.problem)
+    assert task.prompt(test[0], num_few_shot=2).endswith(f"Q: {test[0].question}\nA:")
