@@ -187,13 +187,13 @@ def run(cfg: Config) -> list[dict[str, Any]]:
         samples = sample_rationales(model, tokenizer, task, train_problems, cfg, hint=False,
                                     few_shot=few_shot, cache=cache, num_samples=cfg.star.samples_per_problem)
         timings["seconds_sampling"] = round(time.time() - t, 1)
-        num_correct = len({s["id"] for s in samples if s["correct"]})  # problems solved at least once
+        solved = {s["id"] for s in samples if s["correct"]}  # problems answered right at least once
+        num_correct = len(solved)
 
         # --- rationalization: the gold answer as a hint, for the problems still wrong -------
         t = time.time()
         rationalized: list[dict[str, Any]] = []
         if cfg.star.rationalization:
-            solved = {s["id"] for s in samples if s["correct"]}
             wrong = [p for p in train_problems if p.id not in solved]
             rationalized = sample_rationales(model, tokenizer, task, wrong, cfg, hint=True,
                                              few_shot=True, cache=cache)
@@ -233,8 +233,8 @@ def run(cfg: Config) -> list[dict[str, Any]]:
                                    few_shot=cfg.sampling.few_shot_after_training)
         write_jsonl(it_dir / "eval.jsonl", records)
         timings["seconds_eval"] = round(time.time() - t, 1)
-        row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept), "num_rationalized": num_rationalized,
-               "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
+        row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept),
+               "num_rationalized": num_rationalized, "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
                "steps": steps, "train_loss": history[-1]["loss"] if history else None,
                "generated_tokens": sum(s["tokens"] for s in all_samples),
                "seconds": round(time.time() - t0, 1), **timings, "peak_memory_mb": round(peak_memory_mb())}
