@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +19,7 @@ import torch
 from .config import Config
 from .models import lora_config, resolve_device, resolve_dtype, resolve_model_path, bnb_config
 from .tasks import Problem, Task
-from .training import TrainingError, release_memory, remove_if_empty
+from .training import TrainingError, release_memory, remove_if_empty, save_adapter
 
 
 def preference_pairs(task: Task, problems: list[Problem], samples: list[dict[str, Any]],
@@ -115,7 +114,7 @@ def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_
     match_adapter_dtype(trainer.model, cfg)
     trainer.train()
     model = trainer.model
-    model.save_pretrained(str(out_dir / "reward_model"))
+    save_adapter(model, out_dir / "reward_model")
     remove_if_empty(out_dir / "reward_trainer")
     history = [h for h in trainer.state.log_history if "loss" in h]
     del trainer
@@ -205,11 +204,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     trainer.train()
     history = [h for h in trainer.state.log_history if "reward" in h]
     model = trainer.model
-    tmp = out_dir / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir / "adapter", ignore_errors=True)
-    os.replace(tmp, out_dir / "adapter")
+    save_adapter(model, out_dir / "adapter")
     remove_if_empty(out_dir / "rl_trainer")
     del trainer
     release_memory()

@@ -97,17 +97,21 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
                          processing_class=tokenizer, callbacks=[_nan_guard()])
     trainer.train()
     history = [h for h in trainer.state.log_history if "loss" in h]
-    adapter_dir = out_dir / "adapter"
-    tmp_dir = out_dir / ".adapter.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    model.save_pretrained(str(tmp_dir))
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.replace(tmp_dir, adapter_dir)
+    save_adapter(model, out_dir / "adapter")
     remove_if_empty(work_dir)
     del trainer  # release optimizer state before the next iteration
     release_memory()
     model.eval()
     return model, history
+
+
+def save_adapter(model, target: Path) -> None:
+    """Save a peft adapter under a temporary name and rename it, so ``target`` is always complete."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
 
 
 def remove_if_empty(path: Path) -> None:

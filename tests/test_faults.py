@@ -1,6 +1,5 @@
 """A run survives SIGKILL at any moment; bad text never breaks grading; OOM lowers the batch."""
 
-import json
 import os
 import signal
 import subprocess
@@ -8,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from hypothesis import given, settings

@@ -126,7 +126,7 @@ def test_gsm8k_row_missing_a_field_names_file_row_and_field(tmp_path):
 def test_commonsense_qa_from_local_jsonl(tmp_path):
     row = {"id": "r1", "question": "Where?", "answerKey": "B",
            "choices": {"label": ["A", "B", "C", "D", "E"], "text": ["a", "b", "c", "d", "e"]}}
-    f = _write_jsonl(tmp_path / "cqa_validation.jsonl", [row])
+    _write_jsonl(tmp_path / "cqa_validation.jsonl", [row])
     task = load_task("commonsense_qa", source=str(tmp_path))
     (p,) = task.load("test", 0, 0)  # test reads the validation split
     assert p.answer == "B" and "(b) b" in p.question
