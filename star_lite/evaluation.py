@@ -94,3 +94,13 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], cfg: Config,
         result.update(score_k(task, problems, [texts[i * k:(i + 1) * k] for i in range(len(problems))], k))
         result["eval_tokens"] += sum(g.num_tokens for g in many)
     return result, records
+
+
+def evaluate_into(path, model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
+                  few_shot: bool) -> dict[str, Any]:
+    """``evaluate``, with the per-problem records written to ``path`` (an iteration's eval.jsonl)."""
+    from .rundir import write_jsonl
+
+    result, records = evaluate(model, tokenizer, task, problems, cfg, few_shot=few_shot)
+    write_jsonl(path, records)
+    return result

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .config import Config
-from .evaluation import evaluate
+from .evaluation import evaluate_into
 from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
 from .rundir import RunDir, append_jsonl, read_jsonl, write_jsonl
 from .sampling import generate
@@ -150,8 +150,8 @@ def start_run(cfg: Config):
         log(f"the base model runs in {next(base.parameters()).dtype}, not 4-bit (model.load_in_4bit=false)")
     if 0 not in finished:
         t0 = time.time()
-        result, records = evaluate(base, tokenizer, task, test_problems, cfg, few_shot=True)
-        write_jsonl(rundir.iter_dir(0) / "eval.jsonl", records)
+        result = evaluate_into(rundir.iter_dir(0) / "eval.jsonl", base, tokenizer, task, test_problems, cfg,
+                               few_shot=True)
         seconds = round(time.time() - t0, 1)
         row = {"iteration": 0, "stage": "few-shot", **result, "num_train_examples": 0, "num_rationalized": 0,
                "generated_tokens": 0, "seconds": seconds, "seconds_eval": seconds,
@@ -229,9 +229,8 @@ def run(cfg: Config) -> list[dict[str, Any]]:
 
         # --- evaluate and record -----------------------------------------------------------
         t = time.time()
-        result, records = evaluate(model, tokenizer, task, test_problems, cfg,
-                                   few_shot=cfg.sampling.few_shot_after_training)
-        write_jsonl(it_dir / "eval.jsonl", records)
+        result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test_problems, cfg,
+                               few_shot=cfg.sampling.few_shot_after_training)
         timings["seconds_eval"] = round(time.time() - t, 1)
         row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept),
                "num_rationalized": num_rationalized, "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from .config import Config
-from .evaluation import evaluate
+from .evaluation import evaluate_into
 from .loop import budget_spent, keep_examples, log, peak_memory_mb, run as run_star, sample_rationales, start_run
 from .models import detach_adapter, fresh_adapter
 from .rundir import RunDir, read_jsonl, write_jsonl
@@ -64,6 +64,13 @@ def _seconds_left(rundir: RunDir, cfg: Config) -> float:
     return max(1.0, cfg.run.budget_seconds - sum(r.get("seconds", 0.0) for r in rundir.metrics()))
 
 
+def rl_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Steps and the mean reward of the first and last logged RL steps (GRPOTrainer's log rows)."""
+    return {"rl_steps": history[-1].get("step", 0) if history else 0,
+            "rl_reward_first": history[0]["reward"] if history else None,
+            "rl_reward_last": history[-1]["reward"] if history else None}
+
+
 def _finish_row(rundir: RunDir, it: int, stage: str, t0: float, result: dict, **extra) -> dict[str, Any]:
     row = {"iteration": it, "stage": stage, **result, "num_rationalized": 0, **extra,
            "seconds": round(time.time() - t0, 1), "peak_memory_mb": round(peak_memory_mb())}
@@ -86,8 +93,7 @@ def run_sft_direct(cfg: Config) -> list[dict[str, Any]]:
     write_jsonl(it_dir / "train.jsonl", examples)
     model, history = train_adapter(base, tokenizer, examples, cfg, cfg.train.start_steps, it_dir,
                                    seed=cfg.run.seed + 1)
-    result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
-    write_jsonl(it_dir / "eval.jsonl", records)
+    result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
     _finish_row(rundir, 1, "sft-direct", t0, result, num_train_examples=len(examples),
                 steps=cfg.train.start_steps, train_loss=history[-1]["loss"] if history else None)
     return rundir.metrics()
@@ -118,8 +124,7 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
         model, history = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
                                                          for k in kept], cfg, steps, sft_dir,
                                            seed=cfg.run.seed + 1)
-        result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
-        write_jsonl(sft_dir / "eval.jsonl", records)
+        result = evaluate_into(sft_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
         _finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
                     generated_tokens=sum(s["tokens"] for s in samples),
                     train_loss=history[-1]["loss"] if history else None)
@@ -152,15 +157,12 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
                               budget_seconds=_seconds_left(rundir, cfg), counter=counter)
     del reward_model
     release_memory()
-    result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=False)
-    write_jsonl(rl_dir / "eval.jsonl", records)
+    result = evaluate_into(rl_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
     _finish_row(rundir, 2, "rl", t0, result, generated_tokens=counter.get("tokens", 0),
                 reward_model_pairs=len(train_pairs), reward_model_heldout_pairs=len(held_pairs),
                 reward_model_pair_accuracy=pair_acc,
                 reward_model_loss=rm_history[-1]["loss"] if rm_history else None,
-                rl_steps=history[-1].get("step") if history else 0,
-                rl_reward_first=history[0]["reward"] if history else None,
-                rl_reward_last=history[-1]["reward"] if history else None)
+                **rl_summary(history))
     return rundir.metrics()
 
 
@@ -182,10 +184,8 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     model, history = train_rl(policy, tokenizer, task, train, reward, cfg, it_dir,
                               num_few_shot=cfg.task.num_few_shot, budget_tokens=cfg.run.budget_tokens,
                               budget_seconds=_seconds_left(rundir, cfg), counter=counter)
-    result, records = evaluate(model, tokenizer, task, test, cfg, few_shot=True)
-    write_jsonl(it_dir / "eval.jsonl", records)
+    result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=True)
     _finish_row(rundir, 1, "rl", t0, result, generated_tokens=counter.get("tokens", 0),
-                rl_reward_first=history[0]["reward"] if history else None,
-                rl_reward_last=history[-1]["reward"] if history else None)
+                **rl_summary(history))
     return rundir.metrics()
 

@@ -84,7 +84,7 @@ def test_resume_continues_without_redoing_finished_iterations(tiny_model_dir, tm
         run(from_dict(data))
 
 
-def test_unfinished_iteration_is_redone_reusing_saved_samples(tiny_model_dir, tmp_path):
+def test_unfinished_iteration_is_redone_reusing_saved_samples(tiny_model_dir, tmp_path, monkeypatch):
     data = tiny_config_dict(tiny_model_dir, tmp_path, star={"iterations": 1})
     run(from_dict(data))
     metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -94,12 +94,21 @@ def test_unfinished_iteration_is_redone_reusing_saved_samples(tiny_model_dir, tm
     (tmp_path / "metrics.jsonl").write_text(metrics[0] + "\n")
     (tmp_path / "iter_001" / "adapter" / "adapter_model.safetensors").write_bytes(b"torn")
     partial = tmp_path / "iter_001" / "samples.partial.jsonl"
-    marked = [dict(s, completion=s["completion"]) for s in samples]
-    partial.write_text("".join(json.dumps(s) + "\n" for s in marked) + '{"id": "tor')
+    partial.write_text("".join(json.dumps(s) + "\n" for s in samples) + '{"id": "tor')
+    import star_lite.loop as loop_module
+
+    sampled = []
+    real_generate = loop_module.generate
+
+    def counting_generate(*args, **kwargs):
+        sampled.append(kwargs.get("desc"))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "generate", counting_generate)
     rows = run(from_dict(data))
     assert [r["iteration"] for r in rows] == [0, 1]
     assert read_jsonl(tmp_path / "iter_001" / "samples.jsonl") == samples  # reused, identical
-    assert rows[1]["seconds_sampling"] < 5  # nothing sampled again
+    assert sampled == []  # every rationale came from the saved progress: nothing sampled again
     assert (tmp_path / "iter_001" / "adapter" / "adapter_model.safetensors").stat().st_size > 100
 
 
