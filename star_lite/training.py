@@ -79,7 +79,9 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         learning_rate=cfg.train.learning_rate,
         warmup_steps=cfg.train.warmup_steps,
         weight_decay=cfg.train.weight_decay,
-        max_length=cfg.train.max_length,
+        # padding-free flattens each batch into one row; TRL then leaves truncation to us (below)
+        max_length=None if cfg.train.padding_free else cfg.train.max_length,
+        padding_free=cfg.train.padding_free,
         **({"gradient_checkpointing": True} if cfg.train.gradient_checkpointing else {}),
         completion_only_loss=True,
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
@@ -95,6 +97,8 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, callbacks=[_nan_guard()])
+    if cfg.train.padding_free:
+        trainer.train_dataset = truncate(trainer.train_dataset, cfg.train.max_length)
     trainer.train()
     history = [h for h in trainer.state.log_history if "loss" in h]
     save_adapter(model, out_dir / "adapter")
@@ -103,6 +107,17 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     release_memory()
     model.eval()
     return model, history
+
+
+def truncate(dataset, max_length: int):
+    """Cut tokenized examples (input_ids and the masks beside them) to ``max_length`` tokens,
+    as TRL does itself when batches are padded."""
+    columns = [c for c in dataset.column_names if c in ("input_ids", "completion_mask", "assistant_masks")]
+
+    def cut(example):
+        return {c: example[c][:max_length] for c in columns}
+
+    return dataset.map(cut)
 
 
 def save_adapter(model, target: Path) -> None:
