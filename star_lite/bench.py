@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .config import Config
-from .sampling import _num_generated, generate
+from .sampling import _num_generated, generator
 
 # Sizes of real architectures, for speed and memory figures with random weights (no download).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -106,15 +106,16 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     task, train, test = build_task(cfg)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     model = load_base_model(cfg.model)
-    problems = (test + train)[:num_prompts]
-    prompts = [task.prompt(p, num_few_shot=cfg.task.num_few_shot) for p in problems]
     # the same prompts, in the same length-sorted order, for both samplers
-    prompts.sort(key=len)
+    pairs = sorted(((task.prompt(p, num_few_shot=cfg.task.num_few_shot), p) for p in (test + train)[:num_prompts]),
+                   key=lambda x: len(x[0]))
+    prompts = [prompt for prompt, _ in pairs]
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     bs, mnt = cfg.sampling.batch_size, cfg.sampling.max_new_tokens
+    generate = generator(cfg)  # star_lite's sampler for sampling.backend (hf or vllm)
     figures: dict[str, list[float]] = {k: [] for k in ("fast_tps", "plain_tps", "fast_s", "plain_s", "prefill_s",
-                                                       "sft_tps")}
+                                                       "sft_tps", "sft_padded_tps")}
     differing = 0
     fast_texts: list[str] = []
     for r in range(repeats):
@@ -139,33 +140,40 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    examples = [{"prompt": task.format_question(p), "completion": task.format_completion(task.direct_answer(p))}
-                for p in train[: max(cfg.train.batch_size * sft_steps, 1)]]
+    # SFT on what STaR would train on: the model's own rationales for these problems
+    own = [{"prompt": task.format_question(p), "completion": task.format_completion(task.clean_completion(text))}
+           for (_, p), text in zip(pairs, fast_texts)]
+    per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+    examples = [own[i % len(own)] for i in range(per_step * sft_steps)]
     n_tokens = sum(len(tokenizer(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in examples)
     for r in range(repeats):
-        out = Path(tmp.name) / f"sft_{r}"
-        trained, sec = _timed(lambda: train_adapter(model, tokenizer, examples, cfg, sft_steps, out))
-        model = trained[0].unload()
-        per_step = n_tokens / max(1, len(examples)) * cfg.train.batch_size * cfg.train.gradient_accumulation_steps
-        figures["sft_tps"].append(per_step * sft_steps / sec)
+        for padding_free in (True, False) if r % 2 == 0 else (False, True):
+            cfg.train.padding_free = padding_free
+            out = Path(tmp.name) / f"sft_{r}_{padding_free}"
+            trained, sec = _timed(lambda: train_adapter(model, tokenizer, examples, cfg, sft_steps, out))
+            model = trained[0].unload()
+            figures["sft_tps" if padding_free else "sft_padded_tps"].append(n_tokens / sec)
     result = {
-        "device": device, "model": random_weights or cfg.model.name_or_path, "4bit": cfg.model.load_in_4bit,
+        "device": device, "backend": cfg.sampling.backend, "model": random_weights or cfg.model.name_or_path, "4bit": cfg.model.load_in_4bit,
         "prompts": len(prompts), "batch_size": bs, "repeats": repeats,
         "median": {k: statistics.median(v) for k, v in figures.items()},
         "spread": {k: (min(v), max(v)) for k, v in figures.items()},
         "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
+        "sft_speedup": statistics.median(f / p for f, p in zip(figures["sft_tps"], figures["sft_padded_tps"])),
         "differing_sequences": differing, "peak_memory_mb_sampling": sampling_peak,
         "peak_memory_mb": peak_memory_mb(device),
     }
     decode = [max(0.0, f - p) for f, p in zip(figures["fast_s"], figures["prefill_s"])]
     print(f"star-lite bench: {result['model']} on {device} ({'4-bit NF4' if result['4bit'] else 'full precision'}), "
           f"{len(prompts)} few-shot prompts, batch {bs}, {repeats} repeats: median (min-max)")
-    print(f"{'sampling useful tokens/s, star_lite':<42}{_summary(figures['fast_tps'])}")
+    print(f"{'sampling useful tokens/s, star_lite ' + cfg.sampling.backend:<42}{_summary(figures['fast_tps'])}")
     print(f"{'sampling useful tokens/s, plain generate':<42}{_summary(figures['plain_tps'])}")
     print(f"{'speed-up (same-run ratio, median)':<42}{result['speedup']:10.2f}x")
     print(f"{'star_lite prefill seconds (1 new token)':<42}{_summary(figures['prefill_s'])}")
     print(f"{'star_lite decode seconds (total - prefill)':<42}{_summary(decode)}")
-    print(f"{'SFT training tokens/s':<42}{_summary(figures['sft_tps'])}")
+    print(f"{'SFT training tokens/s, padding-free':<42}{_summary(figures['sft_tps'])}")
+    print(f"{'SFT training tokens/s, padded batches':<42}{_summary(figures['sft_padded_tps'])}")
+    print(f"{'SFT speed-up (same-run ratio, median)':<42}{result['sft_speedup']:10.2f}x")
     print(f"{'peak memory MB (sampling / overall)':<42}{sampling_peak:10.0f} / {result['peak_memory_mb']:.0f}")
     print(f"{'greedy outputs differing from plain':<42}{differing:10d} of {len(prompts)}")
     tmp.cleanup()

@@ -99,6 +99,10 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
 
     from .methods import run_method
 
+    if {"self-motivated", "grpo"} & set(cfg.compare.methods):
+        from .rl import check_trl_options
+
+        check_trl_options(cfg)  # now, not after the methods before them have run
     out = Path(cfg.compare.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for method in cfg.compare.methods:

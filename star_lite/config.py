@@ -58,6 +58,8 @@ class SamplingConfig:
     temperature: float = 0.0  # 0 = greedy, as in the STaR paper (sampling gave worse models)
     top_p: float = 1.0
     few_shot_after_training: bool = False  # trained adapters see the bare question, as in their training data
+    backend: str = "hf"  # hf: transformers generate (everywhere); vllm: a vLLM engine (GPU, pip install star-lite[vllm])
+    vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 
 
 @dataclass
@@ -118,6 +120,7 @@ class RLConfig:
     beta: float = 0.0  # KL coefficient (TRL's default: no reference model)
     reward_model_weight: float = 1.0  # self-motivated reward = w_rm * reward model + w_task * correctness
     correctness_weight: float = 0.0
+    trl_options: dict[str, Any] = field(default_factory=dict)  # passed to TRL's GRPOConfig, e.g. use_vllm: true
 
 
 @dataclass
@@ -157,6 +160,8 @@ RESUMABLE_KEYS = {
     "star.iterations",
     "star.stop_on_empty",
     "sampling.batch_size",
+    "sampling.backend",
+    "sampling.vllm_options",
     "eval.batch_size",
     "train.logging_steps",
     "train.padding_free",
@@ -209,6 +214,7 @@ _RANGES = {  # field -> (minimum, maximum or None)
 _CHOICES = {
     "model.compute_dtype": {"auto", "float32", "bfloat16", "float16"},
     "model.device": {"auto", "cpu", "cuda"},
+    "sampling.backend": {"hf", "vllm"},
 }
 
 

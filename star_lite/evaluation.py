@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from .config import Config
-from .sampling import generate
+from .sampling import generator
 from .tasks import Problem, Task
 
 
@@ -77,6 +77,7 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], cfg: Config,
     """Greedy accuracy of ``model`` on ``problems``; returns (metrics, per-problem records)."""
     num_shots = cfg.task.num_few_shot if few_shot else 0
     prompts = [task.prompt(p, num_few_shot=num_shots) for p in problems]
+    generate = generator(cfg)
     gens = generate(model, tokenizer, prompts, batch_size=cfg.eval.batch_size,
                     max_new_tokens=cfg.eval.max_new_tokens, stop_strings=task.stop_strings, desc="evaluating")
     completions = [task.clean_completion(g.text) for g in gens]

@@ -26,7 +26,7 @@ from .config import Config
 from .evaluation import evaluate_into
 from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
 from .rundir import RunDir, append_jsonl, read_jsonl, write_jsonl
-from .sampling import generate
+from .sampling import generator
 from .tasks import Problem, Task, load_task
 from .tasks.datafiles import DataError
 from .training import num_steps, release_memory, train_adapter
@@ -80,9 +80,9 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
 
     if todo:
         prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots) for p, _ in todo]
-        generate(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
-                 max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
-                 top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=phase, on_batch=save)
+        generator(cfg)(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
+                       max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+                       top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=phase, on_batch=save)
     return [done[(p.id, j)] for p, j in wanted]
 
 

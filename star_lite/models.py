@@ -162,7 +162,24 @@ def load_adapter(base, adapter_dir: str | Path):
     """Wrap ``base`` with a saved adapter, for sampling and evaluation."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
+    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
+    mark_adapter(model, adapter_dir)
+    return model
+
+
+ADAPTER_ATTR = "star_lite_adapter_dir"
+
+
+def mark_adapter(model, path: str | Path) -> None:
+    """Record where ``model``'s adapter is saved, so a sampler outside the process (vLLM) can load it."""
+    setattr(model, ADAPTER_ATTR, str(path))
+
+
+def adapter_dir(model) -> str | None:
+    """The directory of the adapter ``model`` carries (see ``mark_adapter``); None for a bare base."""
+    from peft import PeftModel
+
+    return model.__dict__.get(ADAPTER_ATTR) if isinstance(model, PeftModel) else None
 
 
 def detach_adapter(model):

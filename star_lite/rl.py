@@ -170,6 +170,45 @@ def make_reward(task: Task, problems: dict[str, Problem], *, reward_model=None, 
     return reward
 
 
+# GRPOConfig fields star_lite sets from its own keys; rl.trl_options may not set them a second time
+_GRPO_OWN_KEYS = {"max_steps": "rl.steps", "per_device_train_batch_size": "rl.batch_size",
+                  "num_generations": "rl.num_generations", "learning_rate": "rl.learning_rate", "beta": "rl.beta",
+                  "temperature": "rl.generation_temperature", "max_completion_length": "rl.max_completion_length",
+                  "report_to": "train.report_to", "seed": "run.seed", "logging_steps": "train.logging_steps",
+                  "output_dir": "run.output_dir"}
+
+
+def check_trl_options(cfg: Config) -> None:
+    """Refuse ``rl.trl_options`` keys GRPOConfig lacks, or that a star_lite key sets, naming the fix."""
+    import dataclasses
+    import difflib
+
+    from trl import GRPOConfig
+
+    from .config import ConfigError
+
+    fields = sorted(f.name for f in dataclasses.fields(GRPOConfig))
+    for key in cfg.rl.trl_options:
+        if key in _GRPO_OWN_KEYS:
+            raise ConfigError(f"rl.trl_options.{key}: star_lite sets GRPOConfig's {key} from "
+                              f"{_GRPO_OWN_KEYS[key]}; set that key instead")
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            raise ConfigError(f"rl.trl_options.{key}: TRL's GRPOConfig has no such option."
+                              + (f" Did you mean '{close[0]}'?" if close else ""))
+
+
+def grpo_args(cfg: Config, output_dir: Path) -> dict[str, Any]:
+    """GRPOConfig's keyword arguments: the rl section, the device settings, then ``rl.trl_options``
+    (for example TRL's vLLM options: use_vllm, vllm_mode, vllm_gpu_memory_utilization)."""
+    check_trl_options(cfg)
+    return {"output_dir": str(output_dir), "max_steps": cfg.rl.steps,
+            "per_device_train_batch_size": cfg.rl.batch_size, "num_generations": cfg.rl.num_generations,
+            "learning_rate": cfg.rl.learning_rate, "beta": cfg.rl.beta,
+            "temperature": cfg.rl.generation_temperature, "max_completion_length": cfg.rl.max_completion_length,
+            **_trainer_device_args(cfg), **cfg.rl.trl_options}
+
+
 def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, cfg: Config, out_dir: Path,
              *, num_few_shot: int = 0, budget_tokens: int = 0, budget_seconds: float = 0.0,
              counter: dict[str, int] | None = None):
@@ -192,11 +231,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
             if deadline is not None and time.time() >= deadline:
                 control.should_training_stop = True
 
-    args = GRPOConfig(output_dir=str(out_dir / "rl_trainer"), max_steps=cfg.rl.steps,
-                      per_device_train_batch_size=cfg.rl.batch_size, num_generations=cfg.rl.num_generations,
-                      learning_rate=cfg.rl.learning_rate, beta=cfg.rl.beta,
-                      temperature=cfg.rl.generation_temperature,
-                      max_completion_length=cfg.rl.max_completion_length, **_trainer_device_args(cfg))
+    args = GRPOConfig(**grpo_args(cfg, out_dir / "rl_trainer"))
     data = Dataset.from_list([{"prompt": task.prompt(p, num_few_shot=num_few_shot), "id": p.id} for p in problems])
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=data,
                           processing_class=tokenizer, callbacks=[StopAtBudget()])

@@ -72,6 +72,15 @@ def _batch_inputs(rows: list[list[int]], prefix_len: int, pad_id: int, device) -
     return {"input_ids": torch.tensor(input_ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
 
 
+def generator(cfg) -> Callable[..., list[Generation]]:
+    """The ``generate`` function of ``cfg.sampling.backend``: this module's, or vLLM's (same signature)."""
+    if cfg.sampling.backend == "vllm":
+        from .vllm_backend import sampler
+
+        return sampler(cfg).generate
+    return generate
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop_strings: Sequence[str] = ("\n\n",),

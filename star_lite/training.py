@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .models import fresh_adapter, resolve_device, resolve_dtype
+from .models import fresh_adapter, mark_adapter, resolve_device, resolve_dtype
 
 
 class TrainingError(RuntimeError):
@@ -127,6 +127,7 @@ def save_adapter(model, target: Path) -> None:
     model.save_pretrained(str(tmp))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
+    mark_adapter(model, target)
 
 
 def remove_if_empty(path: Path) -> None:

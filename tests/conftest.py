@@ -59,5 +59,5 @@ def tiny_config_dict(model_dir: Path, output_dir: Path, **sections) -> dict:
         "run": {"output_dir": str(output_dir), "seed": 0},
     }
     for section, values in sections.items():
-        data[section].update(values)
+        data.setdefault(section, {}).update(values)
     return data
