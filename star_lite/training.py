@@ -100,6 +100,8 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     if cfg.train.padding_free:
         trainer.train_dataset = truncate(trainer.train_dataset, cfg.train.max_length)
     trainer.train()
+    if cfg.train.gradient_checkpointing:  # sampling and evaluation next: KV cache on, no recomputation
+        model.base_model.model.gradient_checkpointing_disable()
     history = [h for h in trainer.state.log_history if "loss" in h]
     save_adapter(model, out_dir / "adapter")
     remove_if_empty(work_dir)

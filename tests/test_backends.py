@@ -24,15 +24,17 @@ FAKE_VLLM = str(Path(__file__).parent / "fake_vllm")
 @pytest.fixture
 def fake_vllm(monkeypatch):
     import star_lite.vllm_backend as backend
+    import trl.trainer.grpo_trainer  # noqa: F401  TRL looks for vllm once, on import: let it find none
 
     monkeypatch.syspath_prepend(FAKE_VLLM)
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, name)
     import vllm
 
+    assert vllm.__file__.startswith(FAKE_VLLM)
     vllm.LLM.instances.clear()
     yield vllm
     backend.shutdown()
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]  # later tests must not find the stand-in
 
 
 def _config(tiny_model_dir, out, backend, **sampling):

@@ -98,13 +98,15 @@ def test_unfinished_iteration_is_redone_reusing_saved_samples(tiny_model_dir, tm
     import star_lite.loop as loop_module
 
     sampled = []
-    real_generate = loop_module.generate
+    real_generator = loop_module.generator
 
-    def counting_generate(*args, **kwargs):
-        sampled.append(kwargs.get("desc"))
-        return real_generate(*args, **kwargs)
+    def counting_generator(cfg):
+        def counting_generate(*args, **kwargs):
+            sampled.append(kwargs.get("desc"))
+            return real_generator(cfg)(*args, **kwargs)
+        return counting_generate
 
-    monkeypatch.setattr(loop_module, "generate", counting_generate)
+    monkeypatch.setattr(loop_module, "generator", counting_generator)
     rows = run(from_dict(data))
     assert [r["iteration"] for r in rows] == [0, 1]
     assert read_jsonl(tmp_path / "iter_001" / "samples.jsonl") == samples  # reused, identical

@@ -61,11 +61,13 @@ def test_bench_smoke_prints_side_by_side_figures(tiny_model_dir, tmp_path, capsy
     cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path), ["model.load_in_4bit=false", "task.num_few_shot=3"])
     result = bench(cfg, repeats=2, num_prompts=6, sft_steps=1)
     out = capsys.readouterr().out
-    for line in ("useful tokens/s, star_lite", "useful tokens/s, plain generate", "speed-up", "SFT training tokens/s",
-                 "peak memory"):
+    for line in ("useful tokens/s, star_lite hf", "useful tokens/s, plain generate", "speed-up",
+                 "SFT training tokens/s, padding-free", "SFT training tokens/s, padded", "SFT speed-up",
+                 "peak memory MB, sample + train + evaluate"):
         assert line in out
     assert result["differing_sequences"] == 0
-    assert result["median"]["fast_tps"] > 0 and result["median"]["plain_tps"] > 0 and result["median"]["sft_tps"] > 0
+    assert all(result["median"][k] > 0 for k in ("fast_tps", "plain_tps", "sft_tps", "sft_padded_tps"))
+    assert result["peak_memory_mb"] >= result["peak_memory_mb_sampling"] > 0
 
 
 def test_bench_random_weights_of_a_named_architecture(tiny_model_dir, tmp_path, capsys):

@@ -53,3 +53,13 @@ def test_truncate_cuts_tokens_and_masks_alike():
     assert out["input_ids"] == [[0, 1, 2, 3, 4], [1, 2]]
     assert out["completion_mask"] == [[0, 0, 0, 0, 1], [0, 1]]
     assert out["id"] == ["a", "b"]
+
+
+def test_gradient_checkpointing_is_off_after_training(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(str(tiny_model_dir))
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                     train={"gradient_checkpointing": True}))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model, history = train_adapter(base, tok, _examples(8), cfg, 2, tmp_path, seed=1)
+    assert len(history) == 2
+    assert not base.is_gradient_checkpointing  # the next sampling pass runs with the KV cache
