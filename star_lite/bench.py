@@ -76,6 +76,28 @@ def plain_generate(model, tokenizer, prompts: list[str], batch_size: int, max_ne
     return texts, tokens
 
 
+def padding_share(lengths: list[int], batch_size: int, trials: int = 200, seed: int = 0) -> float:
+    """Expected share of padding tokens in padded batches of ``batch_size`` drawn in random order
+    (as the trainer draws them); what padding-free batches save.
+
+    >>> padding_share([10, 10, 10, 10], 2)
+    0.0
+    >>> round(padding_share([10, 30], 2), 2)
+    0.33
+    """
+    import random
+
+    rng = random.Random(seed)
+    padded = real = 0
+    for _ in range(trials):
+        order = rng.sample(lengths, len(lengths))
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            padded += len(batch) * max(batch)
+            real += sum(batch)
+    return 1 - real / padded
+
+
 def _timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -145,7 +167,9 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
            for (_, p), text in zip(pairs, fast_texts)]
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
     examples = [own[i % len(own)] for i in range(per_step * sft_steps)]
-    n_tokens = sum(len(tokenizer(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in examples)
+    lengths = [len(tokenizer(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in examples]  # + EOS
+    n_tokens = sum(lengths)
+    padding = padding_share(lengths, cfg.train.batch_size)
     for r in range(repeats):
         for padding_free in (True, False) if r % 2 == 0 else (False, True):
             cfg.train.padding_free = padding_free
@@ -165,7 +189,7 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         "spread": {k: (min(v), max(v)) for k, v in figures.items()},
         "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
         "sft_speedup": statistics.median(f / p for f, p in zip(figures["sft_tps"], figures["sft_padded_tps"])),
-        "differing_sequences": differing, "peak_memory_mb_sampling": sampling_peak,
+        "sft_padding_share": padding, "differing_sequences": differing, "peak_memory_mb_sampling": sampling_peak,
         "peak_memory_mb": max(sampling_peak, peak_memory_mb(device)),
     }
     decode = [max(0.0, f - p) for f, p in zip(figures["fast_s"], figures["prefill_s"])]
@@ -179,6 +203,8 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     print(f"{'SFT training tokens/s, padding-free':<42}{_summary(figures['sft_tps'])}")
     print(f"{'SFT training tokens/s, padded batches':<42}{_summary(figures['sft_padded_tps'])}")
     print(f"{'SFT speed-up (same-run ratio, median)':<42}{result['sft_speedup']:10.2f}x")
+    print(f"{'padding in padded SFT batches (expected)':<42}{padding:10.0%} of tokens, lengths "
+          f"{min(lengths)}-{max(lengths)}")
     print(f"{'peak memory MB, sampling':<42}{sampling_peak:10.0f}")
     print(f"{'peak memory MB, sample + train + evaluate':<42}{result['peak_memory_mb']:10.0f}")
     print(f"{'greedy outputs differing from plain':<42}{differing:10d} of {len(prompts)}")
