@@ -58,7 +58,7 @@ class SamplingConfig:
     temperature: float = 0.0  # 0 = greedy, as in the STaR paper (sampling gave worse models)
     top_p: float = 1.0
     few_shot_after_training: bool = False  # trained adapters see the bare question, as in their training data
-    backend: str = "hf"  # hf: transformers generate (everywhere); vllm: a vLLM engine (GPU, pip install star-lite[vllm])
+    backend: str = "hf"  # hf: transformers (everywhere); vllm: a vLLM engine (GPU; pip install star-lite[vllm])
     vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 
 
@@ -81,7 +81,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_length: int = 512
     gradient_checkpointing: bool = False
-    padding_free: bool = True  # each batch as one row, no padding tokens (TRL padding_free); same loss, measured faster
+    padding_free: bool = True  # one row per batch, no padding tokens (TRL padding_free); same loss (README Speed)
     weight_decay: float = 0.0
     logging_steps: int = 10
     report_to: str = "none"  # any of TRL/transformers' report_to values: tensorboard, trackio, wandb

@@ -22,7 +22,7 @@ from .models import ModelError, adapter_dir, resolve_model_path
 from .progress import progress
 from .sampling import Generation
 
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels accept
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices (vllm/config/lora.py)
 CHUNK = 256  # prompts per vLLM call; results are handed to on_batch (and saved) per chunk
 
 _engines: dict[str, "VLLMSampler"] = {}
@@ -38,12 +38,15 @@ def engine_args(cfg: Config) -> dict[str, Any]:
     ('bitsandbytes', 8, 0.7, True)
     """
     dtype = cfg.model.compute_dtype
+    if cfg.model.lora_r > VLLM_LORA_RANKS[-1]:
+        raise ModelError(f"model.lora_r is {cfg.model.lora_r}, but vLLM serves LoRA adapters of rank at most "
+                         f"{VLLM_LORA_RANKS[-1]}: lower model.lora_r or set sampling.backend=hf.")
     args: dict[str, Any] = {
         "model": resolve_model_path(cfg.model.name_or_path),
         "dtype": "bfloat16" if dtype == "auto" else dtype,
         "seed": cfg.run.seed,
         "enable_lora": True,
-        "max_lora_rank": next((r for r in VLLM_LORA_RANKS if r >= cfg.model.lora_r), cfg.model.lora_r),
+        "max_lora_rank": next(r for r in VLLM_LORA_RANKS if r >= cfg.model.lora_r),
         "max_loras": 1,
         "enable_prefix_caching": True,
         "enable_sleep_mode": True,

@@ -87,6 +87,14 @@ def test_a_bad_engine_option_names_the_config_key(fake_vllm, tiny_model_dir, tmp
         sampler(cfg)
 
 
+def test_a_lora_rank_vllm_cannot_serve_names_the_config_key():
+    from star_lite.vllm_backend import engine_args
+
+    with pytest.raises(ModelError, match=r"model.lora_r is 1024.*at most 512"):
+        engine_args(from_dict({"model": {"name_or_path": "/m", "lora_r": 1024}, "sampling": {"backend": "vllm"}}))
+    assert engine_args(from_dict({"model": {"name_or_path": "/m", "lora_r": 200}}))["max_lora_rank"] == 256
+
+
 def test_without_vllm_the_error_names_the_extra(monkeypatch, tiny_model_dir, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm fails
     cfg = _config(tiny_model_dir, tmp_path, "vllm")
