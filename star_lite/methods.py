@@ -101,10 +101,8 @@ def run_sft_direct(cfg: Config) -> list[dict[str, Any]]:
 
 def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
     """Self-motivated learning: SFT on right rationales (1), then reward model + RL from SFT (2)."""
-    from .rl import (check_trl_options, make_reward, pairwise_accuracy, preference_pairs, split_pairs,
-                     train_reward_model, train_rl)
+    from .rl import make_reward, pairwise_accuracy, preference_pairs, split_pairs, train_reward_model, train_rl
 
-    check_trl_options(cfg)  # before any work, not after the SFT stage
     started = start_run(cfg)
     if started is None:
         return RunDir(cfg.run.output_dir).metrics()
@@ -172,9 +170,8 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     """GRPO from the base model, rewarded by the task's grader alone (few-shot prompts, as the base needs them)."""
     from transformers import set_seed
 
-    from .rl import check_trl_options, make_reward, train_rl
+    from .rl import make_reward, train_rl
 
-    check_trl_options(cfg)
     started = start_run(cfg)
     if started is None:
         return RunDir(cfg.run.output_dir).metrics()
