@@ -108,8 +108,14 @@ class VLLMSampler:
         Every adapter file gets its own id (a retrained adapter at the same path gets a new one),
         so vLLM never serves a stale copy from its LoRA cache.
         """
+        from peft import PeftModel
+
         path = adapter_dir(model)
         if path is None:
+            if isinstance(model, PeftModel):  # never sample from the bare base in its place, silently
+                raise ModelError("sampling.backend=vllm loads adapters from disk, and this model's adapter was "
+                                 "not saved with star_lite.training.save_adapter (or loaded with "
+                                 "star_lite.models.load_adapter); save it first, or use sampling.backend=hf.")
             return None
         weights = max((p.stat().st_mtime for p in Path(path).glob("adapter_model*")), default=0.0)
         key = (str(path), weights)

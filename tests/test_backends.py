@@ -87,6 +87,19 @@ def test_a_bad_engine_option_names_the_config_key(fake_vllm, tiny_model_dir, tmp
         sampler(cfg)
 
 
+def test_an_unsaved_adapter_is_refused_not_replaced_by_the_base(fake_vllm, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from star_lite.models import fresh_adapter
+    from star_lite.vllm_backend import sampler
+
+    cfg = _config(tiny_model_dir, tmp_path, "vllm")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert sampler(cfg).lora_request(base) is None  # the bare base: no adapter to name
+    with pytest.raises(ModelError, match="adapter was not saved"):
+        sampler(cfg).generate(fresh_adapter(base, cfg.model), None, ["Q: 1 + 1?\nA:"])
+
+
 def test_a_lora_rank_vllm_cannot_serve_names_the_config_key():
     from star_lite.vllm_backend import engine_args
 
