@@ -150,5 +150,15 @@ class ArithmeticTask(Task):
     def extract_answer(self, completion: str) -> str | None:
         return extract_number_answer(completion)
 
+    def wrong_answers(self, problem: Problem, num: int) -> list[str]:
+        """Nearby wrong sums: the slips addition makes (off by one, a lost or extra carry).
+
+        >>> ArithmeticTask().wrong_answers(Problem("x", "What is 45 + 22?", "67"), 4)
+        ['66', '68', '57', '77']
+        """
+        gold = int(problem.answer)
+        near = [gold + d for d in (-1, 1, -10, 10, -2, 2, -100, 100)]
+        return [str(n) for n in near if n >= 0][:num]
+
     def difficulty(self, problem: Problem) -> str | None:
         return f"{problem.meta.get('digits', '?')}-digit"

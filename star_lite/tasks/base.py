@@ -58,12 +58,12 @@ class Task:
         return self.exemplars()
 
     # --- prompts ----------------------------------------------------------------------
-    def format_hint(self, problem: Problem) -> str:
-        """The question text with the gold answer given as a hint."""
-        return f"{problem.question} (Hint: the answer is {problem.answer}.)"
+    def format_hint(self, problem: Problem, answer: str | None = None) -> str:
+        """The question text with ``answer`` (default: the gold answer) given as a hint."""
+        return f"{problem.question} (Hint: the answer is {problem.answer if answer is None else answer}.)"
 
-    def format_question(self, problem: Problem, hint: bool = False) -> str:
-        question = self.format_hint(problem) if hint else problem.question
+    def format_question(self, problem: Problem, hint: bool = False, hint_answer: str | None = None) -> str:
+        question = self.format_hint(problem, hint_answer) if hint else problem.question
         return f"{QUESTION_PREFIX}{question}\n{ANSWER_PREFIX}"
 
     def format_completion(self, rationale: str) -> str:
@@ -76,9 +76,12 @@ class Task:
             for ex in shots
         )
 
-    def prompt(self, problem: Problem, hint: bool = False, num_few_shot: int = 0) -> str:
-        """The full prompt: ``num_few_shot`` worked examples, then the question (with hint if asked)."""
-        return self.few_shot_prefix(num_few_shot, hint) + self.format_question(problem, hint=hint)
+    def prompt(self, problem: Problem, hint: bool = False, num_few_shot: int = 0,
+               hint_answer: str | None = None) -> str:
+        """The full prompt: ``num_few_shot`` worked examples, then the question (with hint if asked;
+        ``hint_answer`` hints another answer than the gold one, for answer-conditioned rationales)."""
+        return (self.few_shot_prefix(num_few_shot, hint)
+                + self.format_question(problem, hint=hint, hint_answer=hint_answer))
 
     def clean_completion(self, text: str) -> str:
         """Cut a raw generation at the first stop string and strip it."""
@@ -96,6 +99,12 @@ class Task:
     def remove_hint(self, rationale: str) -> str:
         """Remove hint traces from a rationalized completion so it reads as if found unaided."""
         return rationale
+
+    def wrong_answers(self, problem: Problem, num: int) -> list[str]:
+        """Up to ``num`` plausible wrong answers, to condition rationales on (self-motivated
+        learning writes rationales for the right answer and for wrong ones). [] = none known:
+        the model's own wrong answers are used instead."""
+        return []
 
     # --- grading ----------------------------------------------------------------------
     def extract_answer(self, completion: str) -> str | None:

@@ -96,9 +96,13 @@ class CommonsenseQATask(Task):
         return [Exemplar(self._problem(f"exemplar-{i}", q, labels, texts, key), r)
                 for i, (q, texts, key, r) in enumerate(_EXEMPLARS)]
 
-    def format_hint(self, problem: Problem) -> str:
+    def format_hint(self, problem: Problem, answer: str | None = None) -> str:
         return format_choices(problem.meta["stem"], problem.meta["labels"], problem.meta["texts"],
-                              correct=problem.answer)
+                              correct=problem.answer if answer is None else answer)
+
+    def wrong_answers(self, problem: Problem, num: int) -> list[str]:
+        """The other choices."""
+        return [label.upper() for label in problem.meta["labels"] if label.upper() != problem.answer][:num]
 
     def direct_answer(self, problem: Problem) -> str:
         return f"The answer is ({problem.answer.lower()})."

@@ -64,8 +64,8 @@ class GSM8KTask(Task):
     def exemplars(self) -> list[Exemplar]:
         return [Exemplar(Problem(f"exemplar-{i}", q, a), r) for i, (q, r, a) in enumerate(_EXEMPLARS)]
 
-    def format_hint(self, problem: Problem) -> str:
-        return f"{problem.question} ({problem.answer})"  # as the STaR reference code: answer in parentheses
+    def format_hint(self, problem: Problem, answer: str | None = None) -> str:
+        return f"{problem.question} ({problem.answer if answer is None else answer})"  # as the STaR reference code: answer in parentheses
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_number_answer(completion)
