@@ -222,7 +222,7 @@ def run(cfg: Config) -> list[dict[str, Any]]:
         base = detach_adapter(model)
         del model
         release_memory()
-        model, history = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
+        model, trained = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
                                                          for k in kept], cfg, steps, it_dir,
                                        seed=cfg.run.seed + it)
         timings["seconds_training"] = round(time.time() - t, 1)
@@ -234,7 +234,8 @@ def run(cfg: Config) -> list[dict[str, Any]]:
         timings["seconds_eval"] = round(time.time() - t, 1)
         row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept),
                "num_rationalized": num_rationalized, "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
-               "steps": steps, "train_loss": history[-1]["loss"] if history else None,
+               "steps": steps, "train_loss": trained.train_loss,
+               "trained_tokens": trained.trained_tokens,
                "generated_tokens": sum(s["tokens"] for s in all_samples),
                "seconds": round(time.time() - t0, 1), **timings, "peak_memory_mb": round(peak_memory_mb())}
         rundir.add_metrics(row)

@@ -91,11 +91,11 @@ def run_sft_direct(cfg: Config) -> list[dict[str, Any]]:
     examples = [{"prompt": task.format_question(p), "completion": task.format_completion(task.direct_answer(p))}
                 for p in train]
     write_jsonl(it_dir / "train.jsonl", examples)
-    model, history = train_adapter(base, tokenizer, examples, cfg, cfg.train.start_steps, it_dir,
+    model, trained = train_adapter(base, tokenizer, examples, cfg, cfg.train.start_steps, it_dir,
                                    seed=cfg.run.seed + 1)
     result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
     _finish_row(rundir, 1, "sft-direct", t0, result, num_train_examples=len(examples),
-                steps=cfg.train.start_steps, train_loss=history[-1]["loss"] if history else None)
+                steps=cfg.train.start_steps, train_loss=trained.train_loss, trained_tokens=trained.trained_tokens)
     return rundir.metrics()
 
 
@@ -121,13 +121,13 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
             log("self-motivated: no right rationale to train on; stopping")
             return rundir.metrics()
         steps = num_steps(1, cfg.train.start_steps, cfg.train.step_growth)
-        model, history = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
+        model, trained = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
                                                          for k in kept], cfg, steps, sft_dir,
                                            seed=cfg.run.seed + 1)
         result = evaluate_into(sft_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
         _finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
                     generated_tokens=sum(s["tokens"] for s in samples),
-                    train_loss=history[-1]["loss"] if history else None)
+                    train_loss=trained.train_loss, trained_tokens=trained.trained_tokens)
         (sft_dir / "samples.partial.jsonl").unlink(missing_ok=True)
         base = detach_adapter(model)
         del model

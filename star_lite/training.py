@@ -11,7 +11,9 @@ import gc
 import math
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,6 +23,22 @@ from .models import fresh_adapter, mark_adapter, resolve_device, resolve_dtype
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    """What one training run reports besides its adapter."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)  # the trainer's logged rows with a loss
+    train_loss: float | None = None  # the trainer's mean training loss over all steps (logged or not)
+    trained_tokens: int = 0  # tokens through forward and backward, padding excluded (the cost axis)
+
+    @classmethod
+    def from_trainer(cls, trainer, key: str = "loss") -> "TrainResult":
+        logs = trainer.state.log_history
+        summary = next((h for h in reversed(logs) if "train_loss" in h), {})
+        return cls(history=[h for h in logs if key in h], train_loss=summary.get("train_loss"),
+                   trained_tokens=int(trainer.state.num_input_tokens_seen or 0))
 
 
 def num_steps(iteration: int, start_steps: int, growth: float) -> int:
@@ -53,7 +71,8 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
 
     The adapter's initial weights depend on ``seed`` alone (not on what ran before in the
     process), so a resumed run trains exactly the adapter an uninterrupted one would.
-    Returns the trained PeftModel (in eval mode) and saves the adapter to ``out_dir/adapter``.
+    Returns the trained PeftModel (in eval mode) and a ``TrainResult``; saves the adapter to
+    ``out_dir/adapter``.
     """
     import datasets
     from datasets import Dataset
@@ -84,6 +103,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         padding_free=cfg.train.padding_free,
         **({"gradient_checkpointing": True} if cfg.train.gradient_checkpointing else {}),
         completion_only_loss=True,
+        include_num_input_tokens_seen="non_padding",  # the comparison's cost counts trained tokens
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
         logging_steps=cfg.train.logging_steps,
         report_to=cfg.train.report_to,
@@ -102,13 +122,13 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     trainer.train()
     if cfg.train.gradient_checkpointing:  # sampling and evaluation next: KV cache on, no recomputation
         model.base_model.model.gradient_checkpointing_disable()
-    history = [h for h in trainer.state.log_history if "loss" in h]
+    result = TrainResult.from_trainer(trainer)
     save_adapter(model, out_dir / "adapter")
     remove_if_empty(work_dir)
     del trainer  # release optimizer state before the next iteration
     release_memory()
     model.eval()
-    return model, history
+    return model, result
 
 
 def truncate(dataset, max_length: int):

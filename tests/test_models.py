@@ -35,9 +35,10 @@ def test_fresh_adapter_per_iteration_base_unchanged_lora_changed(tiny_model_dir,
     init1 = _lora(probe)
     assert init1 and all(torch.all(v == 0) for k, v in init1.items() if "lora_B" in k)  # starts equal to base
     base = detach_adapter(probe)
-    model1, history = train_adapter(base, tok, _examples(), cfg, steps=3, out_dir=tmp_path / "it1")
+    model1, trained = train_adapter(base, tok, _examples(), cfg, steps=3, out_dir=tmp_path / "it1")
     trained1 = _lora(model1)
-    assert history and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert trained.history and all(torch.isfinite(torch.tensor(h["loss"])) for h in trained.history)
+    assert trained.trained_tokens > 0 and trained.train_loss is not None
     assert any(not torch.equal(trained1[k], init1[k]) for k in trained1 if "lora_B" in k), "LoRA B did not train"
     assert (tmp_path / "it1" / "adapter" / "adapter_config.json").is_file()
 

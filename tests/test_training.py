@@ -35,8 +35,8 @@ def test_padding_free_matches_padded_training(tiny_model_dir, tmp_path):
         cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
                                          train={"padding_free": padding_free, "learning_rate": 1e-2}))
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        model, history = train_adapter(base, tok, examples, cfg, 3, tmp_path / str(padding_free), seed=1)
-        results[padding_free] = ([h["loss"] for h in history], _lora_weights(model))
+        model, trained = train_adapter(base, tok, examples, cfg, 3, tmp_path / str(padding_free), seed=1)
+        results[padding_free] = ([h["loss"] for h in trained.history], _lora_weights(model))
     (padded_loss, padded_w), (free_loss, free_w) = results[False], results[True]
     assert len(padded_loss) == 3 and padded_loss == pytest.approx(free_loss, rel=1e-4)
     assert padded_w.keys() == free_w.keys()
@@ -60,6 +60,6 @@ def test_gradient_checkpointing_is_off_after_training(tiny_model_dir, tmp_path):
     cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
                                      train={"gradient_checkpointing": True}))
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model, history = train_adapter(base, tok, _examples(8), cfg, 2, tmp_path, seed=1)
-    assert len(history) == 2
+    model, trained = train_adapter(base, tok, _examples(8), cfg, 2, tmp_path, seed=1)
+    assert len(trained.history) == 2
     assert not base.is_gradient_checkpointing  # the next sampling pass runs with the KV cache

@@ -100,6 +100,11 @@ class Task:
         """Remove hint traces from a rationalized completion so it reads as if found unaided."""
         return rationale
 
+    def leaks_hint(self, completion: str, answer: str) -> bool:
+        """True when a rationale written with ``answer`` as a hint gives the hint away (echoes it,
+        cites it) instead of reasoning to it; such a rationale is never kept for training."""
+        return False
+
     def wrong_answers(self, problem: Problem, num: int) -> list[str]:
         """Up to ``num`` plausible wrong answers, to condition rationales on (self-motivated
         learning writes rationales for the right answer and for wrong ones). [] = none known:
