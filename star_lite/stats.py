@@ -5,7 +5,7 @@ problem by problem (paired): only the problems where they disagree carry informa
 
 >>> lo, hi = wilson(45, 60)
 >>> round(lo, 3), round(hi, 3)
-(0.627, 0.842)
+(0.628, 0.842)
 """
 
 from __future__ import annotations
