@@ -66,15 +66,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare
+    from .compare import compare, summarize, verdict
 
     cfg = load_config(args.config, args.overrides)
     rows = compare(cfg)
-    print(f"{'method':<24} {'iteration':>9} {'accuracy':>9} {'gen. tokens':>12} {'seconds':>8}")
-    for r in rows:
-        print(f"{r['method']:<24} {r['iteration']:>9} {r['accuracy']:>9.3f} "
-              f"{r['cumulative_generated_tokens']:>12} {r['cumulative_seconds']:>8.0f}")
-    print(f"comparison: {cfg.compare.output_dir}/comparison.md")
+    summary = summarize(cfg, rows)
+    ref = summary["reference"]
+    print(f"{'method':<24} {'stage':<10} {'mean acc.':>9} {'95% CI (pooled)':>16} {'cost tokens':>12}  "
+          f"paired difference vs {ref}")
+    for method, e in summary["methods"].items():
+        d = e.get("paired")
+        paired = (f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] p={d['p_value']:.2g}: "
+                  f"{verdict(d, method, ref)}") if d else "(reference)" if method == ref else ""
+        ci = f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+        print(f"{method:<24} {e['stage']:<10} {e['mean']:>9.3f} {ci:>16} {e['cost_tokens']:>12,.0f}  {paired}")
+    print(f"comparison: {cfg.compare.output_dir}/comparison.md ({len(cfg.compare.seeds)} seeds, "
+          f"{max((r['num_eval'] for r in rows), default=0)} test problems)")
     return 0
 
 
@@ -99,9 +106,10 @@ def _cmd_run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     rows = run(cfg)
-    print(f"{'iteration':>9} {'accuracy':>9} {'train ex.':>9} {'rationalized':>12} {'seconds':>8}")
+    print(f"{'iteration':>9} {'accuracy':>9} {'95% CI':>13} {'train ex.':>9} {'rationalized':>12} {'seconds':>8}")
     for r in rows:
-        print(f"{r['iteration']:>9} {r['accuracy']:>9.3f} {r['num_train_examples']:>9} "
+        ci = f"{r['ci_low']:.2f}-{r['ci_high']:.2f}" if "ci_low" in r else "–"
+        print(f"{r['iteration']:>9} {r['accuracy']:>9.3f} {ci:>13} {r['num_train_examples']:>9} "
               f"{r['num_rationalized']:>12} {r['seconds']:>8.0f}")
     print(f"run directory: {cfg.run.output_dir}")
     return 0
@@ -113,7 +121,8 @@ def _cmd_eval(args) -> int:
     cfg = load_config(args.config, args.overrides)
     few_shot = args.adapter is None if args.prompt == "auto" else args.prompt == "few-shot"
     result = evaluate_model(cfg, adapter=args.adapter, few_shot=few_shot, out=args.out)
-    print(f"accuracy {result['accuracy']:.3f} on {result['num_eval']} problems "
+    print(f"accuracy {result['accuracy']:.3f} (95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f}) "
+          f"on {result['num_eval']} problems "
           f"({'few-shot' if few_shot else 'zero-shot'}, {args.adapter or 'base model'})")
     for group, acc in result["accuracy_by_difficulty"].items():
         print(f"  {group}: {acc:.3f}")

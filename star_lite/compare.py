@@ -1,117 +1,291 @@
-"""Comparison mode: every listed method on one task, split, grader and budget; a table and plots.
+"""Comparison mode: every listed method on one task, split, grader and budget, once per seed.
 
-    star-lite compare configs/compare_quickstart.yaml
-    -> runs/compare/<method>/            one run directory per method (resumable per method)
-       comparison.csv, comparison.md     per method and iteration: accuracy, training examples,
-                                         generated tokens, wall seconds, peak memory (+ pass@k, maj@k)
-       accuracy_by_iteration.png, accuracy_by_tokens.png
+    star-lite compare configs/compare_reasoning.yaml
+    -> runs/compare/seed_<s>/<method>/   one run directory per seed and method (each resumes)
+       comparison.csv                    one row per method x seed x stage: accuracy with its 95%
+                                         interval, training examples, generated and trained tokens,
+                                         cost, wall seconds, budget, peak memory (+ pass@k, maj@k)
+       comparison.md                     accuracy over seeds (mean +- sd), paired differences
+                                         against compare.reference with intervals and McNemar
+                                         p-values, then every stage
+       accuracy_by_*.png                 accuracy (error bars: 95% interval) against iteration,
+                                         generated tokens, all tokens (generated + trained), seconds
+
+Every seed sees the same test problems (unless compare.resample_split), so two methods are
+compared problem by problem: a paired difference, pooled over seeds.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, ConfigError
 from .loop import log
 from .rundir import append_jsonl, read_jsonl, write_atomic
+from .stats import distinguishable, paired_difference, wilson
 
-COLUMNS = ["method", "iteration", "stage", "accuracy", "num_train_examples", "generated_tokens",
-           "cumulative_generated_tokens", "seconds", "cumulative_seconds", "peak_memory_mb"]
+COLUMNS = ["method", "seed", "iteration", "stage", "accuracy", "ci_low", "ci_high", "num_eval",
+           "num_train_examples", "generated_tokens", "trained_tokens", "cumulative_generated_tokens",
+           "cumulative_trained_tokens", "cumulative_cost_tokens", "budget_tokens", "seconds",
+           "cumulative_seconds", "budget_seconds", "peak_memory_mb"]
+
+AXES = {  # x of each comparison plot: column -> (axis label, file name)
+    "iteration": ("iteration (0 = few-shot base model)", "accuracy_by_iteration.png"),
+    "cumulative_generated_tokens": ("generated tokens (training data and RL rollouts)", "accuracy_by_tokens.png"),
+    "cumulative_cost_tokens": ("all tokens: generated + trained on (forward and backward)", "accuracy_by_cost.png"),
+    "cumulative_seconds": ("wall seconds", "accuracy_by_seconds.png"),
+}
 
 
-def comparison_rows(out_dir: str | Path, methods: list[str]) -> list[dict[str, Any]]:
-    """One row per method and iteration, with costs summed up to that iteration."""
+def seed_dir(cfg: Config, seed: int) -> Path:
+    """Where one seed's method directories live."""
+    return Path(cfg.compare.output_dir) / f"seed_{seed}"
+
+
+def seed_config(cfg: Config, seed: int) -> Config:
+    """The shared config for one seed: run seed, adapter init and sampling follow ``seed``; the
+    problems stay those of the config's own seed unless ``compare.resample_split``."""
+    c = copy.deepcopy(cfg)
+    c.run.seed = seed
+    c.compare.output_dir = str(seed_dir(cfg, seed))
+    if not cfg.compare.resample_split and cfg.task.split_seed is None:
+        c.task.split_seed = cfg.run.seed
+    return c
+
+
+def _eval_records(out: Path, seed: int, method: str, iteration: int) -> dict[str, bool]:
+    path = out / f"seed_{seed}" / method / f"iter_{iteration:03d}" / "eval.jsonl"
+    return {r["id"]: bool(r["correct"]) for r in read_jsonl(path)}
+
+
+def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
+    """One row per method, seed and stage, with costs summed up to that stage."""
     rows = []
-    for method in methods:
-        tokens = seconds = 0.0
-        for r in sorted(read_jsonl(Path(out_dir) / method / "metrics.jsonl"), key=lambda r: r["iteration"]):
-            tokens += r.get("generated_tokens", 0)
-            seconds += r.get("seconds", 0.0)
-            row = {"method": method, "iteration": r["iteration"], "stage": r.get("stage", ""),
-                   "accuracy": round(r["accuracy"], 4), "num_train_examples": r.get("num_train_examples", 0),
-                   "generated_tokens": r.get("generated_tokens", 0), "cumulative_generated_tokens": int(tokens),
-                   "seconds": r.get("seconds", 0.0), "cumulative_seconds": round(seconds, 1),
-                   "peak_memory_mb": r.get("peak_memory_mb")}
-            row.update({k: round(v, 4) for k, v in r.items() if k.startswith(("pass@", "maj@"))})
-            if r.get("reward_model_pair_accuracy") is not None:
-                row["reward_model_pair_accuracy"] = round(r["reward_model_pair_accuracy"], 4)
-            rows.append(row)
+    for seed in cfg.compare.seeds:
+        for method in cfg.compare.methods:
+            path = seed_dir(cfg, seed) / method / "metrics.jsonl"
+            generated = trained = seconds = 0.0
+            for r in sorted(read_jsonl(path), key=lambda r: r["iteration"]):
+                generated += r.get("generated_tokens", 0)
+                trained += r.get("trained_tokens", 0)
+                seconds += r.get("seconds", 0.0)
+                n = r.get("num_eval", 0)
+                lo, hi = wilson(round(r["accuracy"] * n), n)
+                row = {"method": method, "seed": seed, "iteration": r["iteration"], "stage": r.get("stage", ""),
+                       "accuracy": round(r["accuracy"], 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
+                       "num_eval": n, "num_train_examples": r.get("num_train_examples", 0),
+                       "generated_tokens": r.get("generated_tokens", 0), "trained_tokens": r.get("trained_tokens", 0),
+                       "cumulative_generated_tokens": int(generated), "cumulative_trained_tokens": int(trained),
+                       "cumulative_cost_tokens": int(generated + trained), "budget_tokens": cfg.run.budget_tokens,
+                       "seconds": r.get("seconds", 0.0), "cumulative_seconds": round(seconds, 1),
+                       "budget_seconds": cfg.run.budget_seconds, "peak_memory_mb": r.get("peak_memory_mb")}
+                row.update({k: round(v, 4) for k, v in r.items() if k.startswith(("pass@", "maj@"))})
+                for key in ("num_rejected_hint", "reward_model_pair_accuracy", "reward_model_heldout_pairs"):
+                    if r.get(key) is not None:
+                        row[key] = round(r[key], 4) if isinstance(r[key], float) else r[key]
+                rows.append(row)
     return rows
 
 
-def write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+def final_rows(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The last stage each method reached, per seed: what the method delivers."""
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["method"], r["seed"])
+        if key not in last or r["iteration"] > last[key]["iteration"]:
+            last[key] = r
+    return last
+
+
+def summarize(cfg: Config, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy over seeds and paired differences against ``compare.reference``, per method.
+
+    Pairs are (method, reference) results on the same problem in the same seed, pooled over
+    seeds. Problems repeat across seeds, so pooled pairs are not independent: the interval is
+    the one a single seed of that size would give, a little narrow for three seeds' spread.
+    """
+    out = Path(cfg.compare.output_dir)
+    last = final_rows(rows)
+    ref = cfg.compare.reference
+    summary: dict[str, Any] = {"reference": ref, "methods": {}}
+    for method in cfg.compare.methods:
+        mine = [last[(method, s)] for s in cfg.compare.seeds if (method, s) in last]
+        if not mine:
+            continue
+        accs = [r["accuracy"] for r in mine]
+        correct = sum(round(r["accuracy"] * r["num_eval"]) for r in mine)
+        n = sum(r["num_eval"] for r in mine)
+        lo, hi = wilson(correct, n)
+        entry = {"stage": mine[-1]["stage"], "iteration": mine[-1]["iteration"],
+                 "by_seed": {r["seed"]: r["accuracy"] for r in mine}, "mean": statistics.fmean(accs),
+                 "sd": statistics.stdev(accs) if len(accs) > 1 else None, "pooled": correct / n if n else 0.0,
+                 "ci_low": lo, "ci_high": hi, "n": n, "cost_tokens": statistics.fmean(
+                     r["cumulative_cost_tokens"] for r in mine),
+                 "seconds": statistics.fmean(r["cumulative_seconds"] for r in mine)}
+        if method != ref:
+            a, b = [], []
+            for r in mine:
+                theirs = last.get((ref, r["seed"]))
+                if theirs is None:
+                    continue
+                x = _eval_records(out, r["seed"], method, r["iteration"])
+                y = _eval_records(out, r["seed"], ref, theirs["iteration"])
+                for pid in sorted(x.keys() & y.keys()):
+                    a.append(x[pid])
+                    b.append(y[pid])
+            if a:
+                entry["paired"] = paired_difference(a, b)
+        summary["methods"][method] = entry
+    return summary
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def verdict(d: dict[str, float], method: str, ref: str) -> str:
+    if not distinguishable(d["ci_low"], d["ci_high"]):
+        return "not distinguishable at this size"
+    return f"{method} above {ref}" if d["difference"] > 0 else f"{method} below {ref}"
+
+
+def summary_markdown(cfg: Config, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    seeds = cfg.compare.seeds
+    ref = summary["reference"]
+    n_test = max((r["num_eval"] for r in rows), default=0)
+    lines = [f"# Comparison: {cfg.task.name}, {n_test} test problems, seeds {', '.join(map(str, seeds))}", "",
+             "## Accuracy of each method's last stage", "",
+             "Pooled: all seeds' answers together, with a 95% Wilson interval. Cost: tokens generated "
+             "(training data, RL rollouts) plus tokens trained on, mean over seeds; evaluation excluded.", "",
+             "| method | stage | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean ± sd | pooled [95% CI] | cost tokens | wall s |",
+             "| --- | --- | " + "---: | " * len(seeds) + "---: | ---: | ---: | ---: |"]
+    for method, e in summary["methods"].items():
+        per_seed = " | ".join(_fmt(e["by_seed"].get(s)) for s in seeds)
+        spread = f"{e['mean']:.3f} ± {_fmt(e['sd'])}"
+        lines.append(f"| {method} | {e['stage']} | {per_seed} | {spread} | {e['pooled']:.3f} "
+                     f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}] | {e['cost_tokens']:,.0f} | {e['seconds']:,.0f} |")
+    lines += ["", f"## Paired differences against {ref}", "",
+              f"Each method's last stage minus {ref}'s, problem by problem on the same test problems "
+              f"(paired), pooled over seeds: 95% interval (Newcombe) and exact McNemar p-value. "
+              f"Where the interval covers 0 the two are not distinguishable at this size.", "",
+              "| method | difference | 95% CI | pairs | only method right | only reference right | McNemar p | verdict |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for method, e in summary["methods"].items():
+        d = e.get("paired")
+        if d is None:
+            continue
+        lines.append(f"| {method} | {d['difference']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['n']} | "
+                     f"{d['only_a']} | {d['only_b']} | {d['p_value']:.3g} | {verdict(d, method, ref)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(cfg: Config, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    out = Path(cfg.compare.output_dir)
     columns = COLUMNS + sorted({k for r in rows for k in r} - set(COLUMNS))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(out_dir / "comparison.csv", buf.getvalue())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    write_atomic(out / "comparison.csv", buf.getvalue())
+    lines = [summary_markdown(cfg, summary, rows), "## Every stage", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in columns) + " |")
-    write_atomic(out_dir / "comparison.md", "\n".join(lines) + "\n")
+    write_atomic(out / "comparison.md", "\n".join(lines) + "\n")
+
+
+def curve(rows: list[dict[str, Any]], method: str, x: str) -> list[dict[str, float]]:
+    """One point per stage of ``method``: x and accuracy averaged over seeds, and the 95% Wilson
+    interval of all seeds' answers at that stage together."""
+    points = []
+    for it in sorted({r["iteration"] for r in rows if r["method"] == method}):
+        at = [r for r in rows if r["method"] == method and r["iteration"] == it]
+        correct = sum(round(r["accuracy"] * r["num_eval"]) for r in at)
+        n = sum(r["num_eval"] for r in at)
+        lo, hi = wilson(correct, n)
+        points.append({"x": statistics.fmean(r[x] for r in at), "accuracy": statistics.fmean(r["accuracy"] for r in at),
+                       "ci_low": lo, "ci_high": hi})
+    return points
 
 
 def plot_comparison(rows: list[dict[str, Any]], x: str = "iteration"):
-    """Accuracy per method against ``x`` (iteration or cumulative_generated_tokens); a Figure."""
+    """Accuracy per method against ``x`` (a key of AXES), mean over seeds, with 95% error bars."""
     from .report import _figure
 
     fig, ax = _figure()
     for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        ax.plot([r[x] for r in mine], [r["accuracy"] for r in mine], marker="o", label=method)
-    ax.set_xlabel({"iteration": "iteration (0 = few-shot base model)",
-                   "cumulative_generated_tokens": "generated tokens (training data and RL rollouts)"}.get(x, x))
-    ax.set_ylabel("held-out accuracy")
+        pts = curve(rows, method, x)
+        ys = [p["accuracy"] for p in pts]
+        err = [[max(0.0, y - p["ci_low"]) for y, p in zip(ys, pts)], [max(0.0, p["ci_high"] - y) for y, p in zip(ys, pts)]]
+        ax.errorbar([p["x"] for p in pts], ys, yerr=err, marker="o", capsize=3, label=method)
+    ax.set_xlabel(AXES.get(x, (x,))[0])
+    ax.set_ylabel("held-out accuracy (95% interval)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("Methods compared")
+    ax.legend(fontsize=7)
+    seeds = sorted({r["seed"] for r in rows})
+    ax.set_title(f"Methods compared ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
     fig.tight_layout()
     return fig
 
 
-def share_iteration0(out: Path, method: str, methods: list[str]) -> None:
-    """Give a method that has not started the few-shot evaluation another method already made.
+def share_iteration0(cfg: Config, seed: int, method: str) -> None:
+    """Give a method that has not started the few-shot evaluation another run already made.
 
-    Iteration 0 is the same for every method (same base model, prompt, problems and grader),
-    so it is computed once per comparison.
+    Iteration 0 is the same for every method (same base model, prompt, problems and grader,
+    greedy decoding), so it is computed once per comparison: once per seed when the split
+    follows the seed, else once for all seeds.
     """
-    target = out / method
+    target = seed_dir(cfg, seed) / method
     if (target / "metrics.jsonl").exists():
         return
-    for other in methods:
-        rows = [r for r in read_jsonl(out / other / "metrics.jsonl") if r["iteration"] == 0]
-        source = out / other / "iter_000" / "eval.jsonl"
-        if other != method and rows and source.exists():
-            (target / "iter_000").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target / "iter_000" / "eval.jsonl")
-            append_jsonl(target / "metrics.jsonl", [dict(rows[0], shared_from=other)])
-            return
+    seeds = [seed] if cfg.compare.resample_split else [seed] + [s for s in cfg.compare.seeds if s != seed]
+    for s in seeds:
+        for other in cfg.compare.methods:
+            source_dir = seed_dir(cfg, s) / other
+            if source_dir == target:
+                continue
+            rows = [r for r in read_jsonl(source_dir / "metrics.jsonl") if r["iteration"] == 0]
+            source = source_dir / "iter_000" / "eval.jsonl"
+            if rows and source.exists():
+                (target / "iter_000").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target / "iter_000" / "eval.jsonl")
+                append_jsonl(target / "metrics.jsonl", [dict(rows[0], shared_from=f"seed_{s}/{other}")])
+                return
 
 
 def compare(cfg: Config) -> list[dict[str, Any]]:
-    """Run every method in ``cfg.compare.methods`` (continuing finished ones) and write the comparison."""
+    """Run every method in ``cfg.compare.methods`` once per seed in ``cfg.compare.seeds`` (continuing
+    finished ones) and write the comparison; returns its rows."""
     import matplotlib.pyplot as plt
 
     from .methods import run_method
 
+    if cfg.compare.reference not in cfg.compare.methods:
+        raise ConfigError(f"compare.reference: {cfg.compare.reference!r} is not in compare.methods "
+                          f"({', '.join(cfg.compare.methods)}); add it, or set compare.reference to one of them")
     if {"self-motivated", "grpo"} & set(cfg.compare.methods):
         from .rl import check_trl_options
 
         check_trl_options(cfg)  # now, not after the methods before them have run
     out = Path(cfg.compare.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for method in cfg.compare.methods:
-        log(f"compare: {method}")
-        share_iteration0(out, method, cfg.compare.methods)
-        run_method(cfg, method)
-    rows = comparison_rows(out, cfg.compare.methods)
-    write_tables(out, rows)
-    for x, name in (("iteration", "accuracy_by_iteration.png"), ("cumulative_generated_tokens", "accuracy_by_tokens.png")):
+    for seed in cfg.compare.seeds:
+        scfg = seed_config(cfg, seed)
+        for method in cfg.compare.methods:
+            log(f"compare: seed {seed}, {method}")
+            share_iteration0(cfg, seed, method)
+            run_method(scfg, method)
+    rows = comparison_rows(cfg)
+    summary = summarize(cfg, rows)
+    write_tables(cfg, rows, summary)
+    for x, (_, name) in AXES.items():
         fig = plot_comparison(rows, x)
         fig.savefig(out / name)
         plt.close(fig)

@@ -49,6 +49,7 @@ class TaskConfig:
     num_test: int = 100  # held-out problems for evaluation (0 = all)
     num_few_shot: int = 8  # worked examples in the prompt (paper: 7-10)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the task's constructor
+    split_seed: int | None = None  # seed that draws the problems; None = run.seed (compare fixes it across seeds)
 
 
 @dataclass
@@ -127,6 +128,9 @@ class RLConfig:
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     output_dir: str = "runs/compare"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every method once per seed; one seed cannot show spread
+    resample_split: bool = False  # false: every seed sees the same problems, so methods pair problem by problem
+    reference: str = "sft-direct"  # paired differences are method minus this (STaR's direct baseline)
 
 
 @dataclass
@@ -302,6 +306,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"compare.methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not cfg.compare.methods:
         raise ConfigError(f"compare.methods: list at least one of {', '.join(METHODS)}")
+    if not cfg.compare.seeds or len(set(cfg.compare.seeds)) != len(cfg.compare.seeds):
+        raise ConfigError(f"compare.seeds: list one or more different seeds, e.g. [0, 1, 2]; got {cfg.compare.seeds}")
+    if cfg.compare.reference not in METHODS:
+        raise ConfigError(f"compare.reference: unknown method {cfg.compare.reference!r}; choose from {', '.join(METHODS)}")
     for dotted, choices in _CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)

@@ -8,17 +8,20 @@ from typing import Any
 
 from .config import Config
 from .sampling import generator
+from .stats import wilson
 from .tasks import Problem, Task
 
 
 def score(task: Task, problems: list[Problem], completions: list[str]) -> dict[str, Any]:
-    """Accuracy overall and by ``task.difficulty``; pure, so it is cheap to test.
+    """Accuracy overall (with its 95% Wilson interval) and by ``task.difficulty``; pure, so it is
+    cheap to test.
 
     >>> from star_lite.tasks import load_task
     >>> t = load_task("arithmetic", min_digits=1, max_digits=1)
     >>> ps = t.load("test", 2, seed=0)
-    >>> score(t, ps, [f"The answer is {ps[0].answer}.", "no idea"])["accuracy"]
-    0.5
+    >>> r = score(t, ps, [f"The answer is {ps[0].answer}.", "no idea"])
+    >>> r["accuracy"], r["num_correct"], round(r["ci_low"], 3), round(r["ci_high"], 3)
+    (0.5, 1, 0.095, 0.905)
     """
     by_group: dict[str, list[bool]] = defaultdict(list)
     correct = []
@@ -29,9 +32,13 @@ def score(task: Task, problems: list[Problem], completions: list[str]) -> dict[s
         if group is not None:
             by_group[group].append(ok)
     n = len(correct)
+    lo, hi = wilson(sum(correct), n)
     return {
         "accuracy": sum(correct) / n if n else 0.0,
         "num_eval": n,
+        "num_correct": sum(correct),
+        "ci_low": lo,
+        "ci_high": hi,
         "accuracy_by_difficulty": {g: sum(v) / len(v) for g, v in sorted(by_group.items())},
         "correct": correct,
     }

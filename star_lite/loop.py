@@ -45,8 +45,9 @@ def peak_memory_mb() -> float:
 def build_task(cfg: Config) -> tuple[Task, list[Problem], list[Problem]]:
     """The task and its train/test problems; refuses empty data before any model is loaded."""
     task = load_task(cfg.task.name, **cfg.task.options)
-    train = task.load("train", cfg.task.num_train, cfg.run.seed)
-    test = task.load("test", cfg.task.num_test, cfg.run.seed)
+    split_seed = cfg.run.seed if cfg.task.split_seed is None else cfg.task.split_seed
+    train = task.load("train", cfg.task.num_train, split_seed)
+    test = task.load("test", cfg.task.num_test, split_seed)
     for split, problems in (("train", train), ("test", test)):
         if not problems:
             raise DataError(f"task '{cfg.task.name}' has no {split} problems; check task.options and "

@@ -7,6 +7,7 @@ from typing import Any
 
 from .arithmetic import ArithmeticTask
 from .base import Exemplar, Problem, Task
+from .chain import ChainAdditionTask
 from .commonsense_qa import CommonsenseQATask
 from .gsm8k import GSM8KTask
 
@@ -14,6 +15,7 @@ TASKS: dict[str, type[Task]] = {
     "arithmetic": ArithmeticTask,
     "gsm8k": GSM8KTask,
     "commonsense_qa": CommonsenseQATask,
+    "chain_addition": ChainAdditionTask,
 }
 
 
@@ -43,4 +45,4 @@ def load_task(name: str, **options: Any) -> Task:
 
 
 __all__ = ["Task", "Problem", "Exemplar", "TASKS", "load_task",
-           "ArithmeticTask", "GSM8KTask", "CommonsenseQATask"]
+           "ArithmeticTask", "GSM8KTask", "CommonsenseQATask", "ChainAdditionTask"]
