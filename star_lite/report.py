@@ -33,11 +33,17 @@ def _figure():
 
 
 def plot_accuracy(run_dir: str | Path):
-    """Held-out accuracy per iteration (iteration 0 = few-shot base model)."""
+    """Held-out accuracy per iteration (iteration 0 = few-shot base model), with 95% Wilson error bars."""
+    from .stats import wilson
+
     rows = _metrics(run_dir)
     fig, ax = _figure()
     its = [r["iteration"] for r in rows]
-    ax.plot(its, [r["accuracy"] for r in rows], marker="o", label="held-out accuracy")
+    accs = [r["accuracy"] for r in rows]
+    bounds = [wilson(round(r["accuracy"] * r.get("num_eval", 0)), r.get("num_eval", 0)) for r in rows]
+    err = [[max(0.0, a - lo) for a, (lo, _) in zip(accs, bounds)], [max(0.0, hi - a) for a, (_, hi) in zip(accs, bounds)]]
+    n = max((r.get("num_eval", 0) for r in rows), default=0)
+    ax.errorbar(its, accs, yerr=err, marker="o", capsize=3, label=f"held-out accuracy ({n} problems, 95% interval)")
     ax.set_xlabel("iteration (0 = few-shot base model)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -114,10 +120,15 @@ def write_report(run_dir: str | Path) -> Path:
         fig.savefig(root / name)
         plt.close(fig)
         images.append(name)
-    lines = [f"# STaR run: {root.name}", "", "| iteration | accuracy | training examples | rationalized | seconds |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
+    from .stats import wilson
+
+    lines = [f"# STaR run: {root.name}", "",
+             "| iteration | accuracy | 95% interval | test problems | training examples | rationalized | seconds |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['iteration']} | {r['accuracy']:.3f} | {r['num_train_examples']} | "
+        n = r.get("num_eval", 0)
+        lo, hi = wilson(round(r["accuracy"] * n), n)
+        lines.append(f"| {r['iteration']} | {r['accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {n} | {r['num_train_examples']} | "
                      f"{r['num_rationalized']} | {r['seconds']:.0f} |")
     lines.append("")
     lines += [f"![{name}]({name})" for name in images]
