@@ -325,12 +325,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. star.iterations=3")
         dotted, raw = item.split("=", 1)
         parts = dotted.strip().split(".")
-        if len(parts) not in (2, 3):
+        if len(parts) < 2 or not all(parts):
             raise ConfigError(f"--set {item!r}: the key must be section.key, e.g. train.learning_rate "
-                              "(or section.key.name inside a mapping, e.g. task.options.max_digits)")
+                              "(or deeper inside a mapping, e.g. task.options.data_files.test)")
         value = yaml.safe_load(raw) if raw.strip() else ""
         target = data
-        for part in parts[:-1]:  # section, then (for task.options.x) the mapping inside it
+        for part in parts[:-1]:  # section, then (for task.options.x.y) the mappings inside it
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"{dotted}: '{part}' is not a mapping of keys")

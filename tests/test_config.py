@@ -28,6 +28,15 @@ def test_overrides_and_types():
     assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.task.options == {"min_digits": 2, "max_digits": 3}
 
 
+def test_set_reaches_any_depth_of_a_mapping():
+    cfg = from_dict({"task": {"options": {"data_files": {"train": "a.jsonl"}}}},
+                    ["task.options.data_files.test=x.jsonl", "compare.seeds=[1, 2]"])
+    assert cfg.task.options == {"data_files": {"train": "a.jsonl", "test": "x.jsonl"}}
+    assert cfg.compare.seeds == [1, 2]
+    with pytest.raises(ConfigError, match="the key must be section.key"):
+        from_dict({}, ["task..x=1"])
+
+
 @pytest.mark.parametrize("data, overrides, message", [
     ({"train": {"learning_rat": 1e-4}}, [], r"unknown key 'train.learning_rat'. Did you mean 'learning_rate'\?"),
     ({"trian": {}}, [], r"unknown key 'trian'. Did you mean 'train'\?"),
