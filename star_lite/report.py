@@ -37,7 +37,11 @@ def plot_accuracy(run_dir: str | Path):
     rows = _metrics(run_dir)
     fig, ax = _figure()
     its = [r["iteration"] for r in rows]
-    ax.plot(its, [r["accuracy"] for r in rows], marker="o", label="held-out accuracy")
+    ax.plot(its, [r["accuracy"] for r in rows], marker="o", label="test accuracy")
+    if any(r.get("validation_accuracy") is not None for r in rows):
+        ax.plot(its, [r.get("validation_accuracy") for r in rows], marker="s", linestyle="--",
+                label="validation accuracy (what stopping looks at)")
+        ax.legend()
     ax.set_xlabel("iteration (0 = few-shot base model)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -48,14 +52,18 @@ def plot_accuracy(run_dir: str | Path):
 
 
 def plot_training_set(run_dir: str | Path):
-    """Training examples per iteration, split into found unaided and rationalized."""
+    """Training examples per iteration, split into found unaided and rationalized; above them,
+    hatched, the rationalizations rejected for giving the hint away (not trained on)."""
     rows = [r for r in _metrics(run_dir) if r["iteration"] > 0]
     fig, ax = _figure()
     its = [r["iteration"] for r in rows]
     rationalized = [r["num_rationalized"] for r in rows]
     unaided = [r["num_train_examples"] - r["num_rationalized"] for r in rows]
+    leaked = [r.get("num_rejected_hint", 0) for r in rows]
     ax.bar(its, unaided, label="answered right unaided")
     ax.bar(its, rationalized, bottom=unaided, label="rationalized (hint)")
+    ax.bar(its, leaked, bottom=[r["num_train_examples"] for r in rows], fill=False, hatch="//",
+           label="rejected: leaked the hint (not trained on)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("training examples")
     ax.set_xticks(its)
@@ -86,17 +94,24 @@ def plot_accuracy_by_difficulty(run_dir: str | Path):
 
 
 def example_rationales(run_dir: str | Path, iteration: int | None = None, n: int = 3) -> dict[str, list[dict]]:
-    """A few kept, rationalized and rejected samples of one iteration (default: the last)."""
+    """A few kept, rationalized, hint-leaking and wrong samples of one iteration (default: the last)."""
     rows = [r for r in _metrics(run_dir) if r["iteration"] > 0]
     if not rows:
-        return {"kept": [], "rationalized": [], "rejected": []}
+        return {"kept": [], "rationalized": [], "leaked the hint": [], "rejected": []}
     it = iteration if iteration is not None else rows[-1]["iteration"]
     samples = read_jsonl(Path(run_dir) / f"iter_{it:03d}" / "samples.jsonl")
     return {
         "kept": [s for s in samples if s["phase"] == "rationale" and s["correct"]][:n],
-        "rationalized": [s for s in samples if s["phase"] == "rationalization" and s["correct"]][:n],
+        "rationalized": [s for s in samples if s["phase"] == "rationalization" and s["correct"]
+                         and not s.get("rejected")][:n],
+        "leaked the hint": [s for s in samples if s.get("rejected") == "hint"][:n],
         "rejected": [s for s in samples if not s["correct"]][:n],
     }
+
+
+_EXAMPLE_TITLES = {"kept": "Example kept rationales", "rationalized": "Example rationalized rationales",
+                   "leaked the hint": "Example rationalizations rejected for leaking the hint (not trained on)",
+                   "rejected": "Example rejected rationales"}
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -114,17 +129,31 @@ def write_report(run_dir: str | Path) -> Path:
         fig.savefig(root / name)
         plt.close(fig)
         images.append(name)
-    lines = [f"# STaR run: {root.name}", "", "| iteration | accuracy | training examples | rationalized | seconds |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
+    has_validation = any(r.get("validation_accuracy") is not None for r in rows)
+    lines = [f"# STaR run: {root.name}", "",
+             "| iteration | accuracy | " + ("validation | " if has_validation else "")
+             + "training examples | rationalized | rejected: leaked hint | seconds |",
+             "| ---: | ---: | " + ("---: | " if has_validation else "") + "---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['iteration']} | {r['accuracy']:.3f} | {r['num_train_examples']} | "
-                     f"{r['num_rationalized']} | {r['seconds']:.0f} |")
+        val = r.get("validation_accuracy")
+        lines.append(f"| {r['iteration']} | {r['accuracy']:.3f} | "
+                     + (f"{'' if val is None else f'{val:.3f}'} | " if has_validation else "")
+                     + f"{r['num_train_examples']} | {r['num_rationalized']} | {r.get('num_rejected_hint', 0)} | "
+                     f"{r['seconds']:.0f} |")
     lines.append("")
+    if has_validation:
+        best = max((r for r in rows if r.get("validation_accuracy") is not None), key=lambda r: r["validation_accuracy"])
+        lines += [f"Best iteration by validation accuracy: {best['iteration']} (test accuracy there: "
+                  f"{best['accuracy']:.3f}; test accuracy is reported, never used to choose).", ""]
+    cut = [r["iteration"] for r in rows if r.get("budget_exhausted")]
+    if cut:
+        lines += [f"The budget (run.budget_tokens / run.budget_seconds) stopped sampling within iteration "
+                  f"{cut[-1]}; it trained on what it had kept.", ""]
     lines += [f"![{name}]({name})" for name in images]
     examples = example_rationales(root)
     for kind, items in examples.items():
         if items:
-            lines += ["", f"## Example {kind} rationales", ""]
+            lines += ["", f"## {_EXAMPLE_TITLES[kind]}", ""]
             for s in items:
                 lines.append(f"- **{s['question']}** (gold {s['gold']}) → {s['completion']}")
     path = root / "report.md"
