@@ -363,3 +363,7 @@ def test_validation_is_evaluated_and_stops_the_loop_when_it_stops_rising(tiny_mo
     assert len(read_jsonl(tmp_path / "iter_002" / "validation.jsonl")) == 4
     assert "no higher than 0.500 at iteration 1" in capsys.readouterr().err
     assert not {p.question for p in validation} & {p.question for p in train + test}
+
+    from star_lite.report import plot_accuracy, write_report
+    assert "Best iteration by validation accuracy: 1 " in write_report(tmp_path).read_text()
+    assert list(plot_accuracy(tmp_path).axes[0].lines[1].get_ydata()) == [0.25, 0.5, 0.5]
