@@ -47,6 +47,7 @@ class TaskConfig:
     name: str = "arithmetic"  # a built-in task, or "package.module:ClassName"
     num_train: int = 256  # training problems STaR writes rationales for (0 = all)
     num_test: int = 100  # held-out problems for evaluation (0 = all)
+    num_validation: int = 0  # > 0: also evaluate every iteration on this many validation problems (what stopping looks at)
     num_few_shot: int = 8  # worked examples in the prompt (paper: 7-10)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the task's constructor
     split_seed: int | None = None  # seed that draws the problems; None = run.seed (compare fixes it across seeds)
@@ -70,12 +71,14 @@ class StarConfig:
     stop_on_empty: bool = True  # stop the run when an iteration keeps no rationale
     samples_per_problem: int = 1  # STaR: 1 greedy rationale; ReST-EM samples many at temperature
     max_kept_per_problem: int = 0  # 0 = no cap; ReST-EM keeps at most 10 per problem
+    stop_when_validation_stops_rising: bool = False  # paper step 6; needs task.num_validation > 0, never looks at test
 
 
 @dataclass
 class TrainConfig:
     start_steps: int = 40  # paper: 40 steps in the first iteration
     step_growth: float = 1.2  # paper: +20% per iteration
+    epochs: float = 0.0  # 0: the step schedule above; > 0: steps = ceil(epochs * examples / (batch_size * accumulation))
     learning_rate: float = 2e-4  # paper's 1e-6 is for a full fine-tune; LoRA needs more
     warmup_steps: int = 5  # paper: 100, scaled to the short LoRA schedules
     batch_size: int = 8  # paper: 8 sequences
@@ -102,6 +105,11 @@ class RestEMConfig:
     samples_per_problem: int = 8  # paper: 32 (MATH), 64 (APPS); fewer fit a small GPU
     temperature: float = 0.7  # paper's E-step temperature
     max_kept_per_problem: int = 10  # paper: at most 10 correct solutions per problem
+    # M-step length in passes over the kept set (the paper fine-tunes on the whole E-step set).
+    # 1: each kept solution seen once, so k samples per problem mean k times the steps, not k times
+    # fewer passes; a problem already appears up to max_kept_per_problem times, and ReST-EM overfits
+    # small sets within 2-3 iterations, so more passes buy overfitting rather than coverage.
+    epochs: float = 1.0
 
 
 @dataclass
@@ -137,8 +145,10 @@ class CompareConfig:
 class RunConfig:
     output_dir: str = "runs/star"
     seed: int = 0
-    budget_tokens: int = 0  # stop before an iteration once this many tokens were generated (0 = no limit)
-    budget_seconds: float = 0.0  # likewise for wall seconds (0 = no limit)
+    # Checked after every sampling batch: an iteration that reaches it stops sampling (overshoot at most
+    # one batch), trains on what it kept, is evaluated, and is the last one (0 = no limit).
+    budget_tokens: int = 0
+    budget_seconds: float = 0.0  # likewise for wall seconds; the cut iteration's training and eval still run
 
 
 @dataclass
@@ -163,6 +173,7 @@ class Config:
 RESUMABLE_KEYS = {
     "star.iterations",
     "star.stop_on_empty",
+    "star.stop_when_validation_stops_rising",
     "sampling.batch_size",
     "sampling.backend",
     "sampling.vllm_options",
@@ -178,6 +189,7 @@ RESUMABLE_KEYS = {
 _RANGES = {  # field -> (minimum, maximum or None)
     "task.num_train": (0, None),
     "task.num_test": (0, None),
+    "task.num_validation": (0, None),
     "task.num_few_shot": (0, None),
     "sampling.batch_size": (1, None),
     "sampling.max_new_tokens": (1, None),
@@ -190,6 +202,8 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "run.budget_seconds": (0.0, None),
     "train.start_steps": (1, None),
     "train.step_growth": (1.0, None),
+    "train.epochs": (0.0, None),
+    "rest_em.epochs": (0.0, None),
     "train.learning_rate": (0.0, None),
     "train.warmup_steps": (0, None),
     "train.batch_size": (1, None),
@@ -301,6 +315,9 @@ def validate(cfg: Config) -> Config:
     if cfg.rl.batch_size % cfg.rl.num_generations:
         raise ConfigError(f"rl.batch_size ({cfg.rl.batch_size}) must be a multiple of rl.num_generations "
                           f"({cfg.rl.num_generations}): GRPO scores each prompt's completions as a group")
+    if cfg.star.stop_when_validation_stops_rising and not cfg.task.num_validation:
+        raise ConfigError("star.stop_when_validation_stops_rising: needs task.num_validation > 0; stopping on "
+                          "test accuracy would choose by the numbers the run reports")
     unknown = [m for m in cfg.compare.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"compare.methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")

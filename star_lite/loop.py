@@ -5,10 +5,16 @@
         rationales     the model of iteration n-1 answers every training problem
         filter         keep rationales whose answer the task's grader accepts
         rationalize    retry the wrong ones with the gold answer as a hint; keep the right ones,
-                       saved without the hint and marked rationalized
+                       saved without the hint and marked rationalized; one that gives the hint
+                       away (echoes or cites it) is rejected
         train          a fresh LoRA adapter on the frozen base, start_steps * growth^(n-1) steps
-        evaluate       greedy held-out accuracy
+                       (or train.epochs passes over the kept set: ReST-EM)
+        evaluate       greedy held-out accuracy (test; and validation, which stopping looks at)
         save           iter_NNN/ and a metrics row (the row marks the iteration finished)
+
+run.budget_tokens / run.budget_seconds are checked after every sampling batch: the iteration that
+spends the budget stops sampling there, trains on what it kept (or stops if it kept nothing),
+is evaluated and recorded with budget_exhausted, and is the last one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,7 @@ from .rundir import RunDir, append_jsonl, read_jsonl, write_jsonl
 from .sampling import generator
 from .tasks import Problem, Task, load_task
 from .tasks.datafiles import DataError
-from .training import num_steps, release_memory, train_adapter
+from .training import release_memory, train_adapter, training_steps
 
 
 def log(msg: str) -> None:
@@ -42,12 +49,16 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def split_seed(cfg: Config) -> int:
+    """The seed that draws the problems: task.split_seed, else run.seed."""
+    return cfg.run.seed if cfg.task.split_seed is None else cfg.task.split_seed
+
+
 def build_task(cfg: Config) -> tuple[Task, list[Problem], list[Problem]]:
     """The task and its train/test problems; refuses empty data before any model is loaded."""
     task = load_task(cfg.task.name, **cfg.task.options)
-    split_seed = cfg.run.seed if cfg.task.split_seed is None else cfg.task.split_seed
-    train = task.load("train", cfg.task.num_train, split_seed)
-    test = task.load("test", cfg.task.num_test, split_seed)
+    train = task.load("train", cfg.task.num_train, split_seed(cfg))
+    test = task.load("test", cfg.task.num_test, split_seed(cfg))
     for split, problems in (("train", train), ("test", test)):
         if not problems:
             raise DataError(f"task '{cfg.task.name}' has no {split} problems; check task.options and "
@@ -55,11 +66,68 @@ def build_task(cfg: Config) -> tuple[Task, list[Problem], list[Problem]]:
     return task, train, test
 
 
+def load_validation(cfg: Config, task: Task, train: list[Problem], test: list[Problem]) -> list[Problem]:
+    """``task.num_validation`` validation problems ([] when 0), checked disjoint from train and test."""
+    if not cfg.task.num_validation:
+        return []
+    try:
+        problems = task.load("validation", cfg.task.num_validation, split_seed(cfg))
+    except (ValueError, NotImplementedError) as err:
+        raise DataError(f"task '{cfg.task.name}' cannot load a validation split ({err}); give the task one "
+                        "or set task.num_validation=0") from None
+    if not problems:
+        raise DataError(f"task '{cfg.task.name}' has no validation problems; check task.options and "
+                        "task.num_validation")
+    questions = {p.question for p in problems}
+    for split, others in (("train", train), ("test", test)):
+        if any(p.question in questions for p in others):  # a user's task could overlap; choosing on it would lie
+            raise DataError(f"task '{cfg.task.name}': validation problems also appear in {split}; the splits "
+                            "must be disjoint")
+    return problems
+
+
+class BudgetExhausted(Exception):
+    """Raised after the sampling batch that spent run.budget_tokens or run.budget_seconds."""
+
+
+@dataclass
+class Budget:
+    """run.budget_tokens / run.budget_seconds, charged after every sampling batch of an iteration."""
+
+    max_tokens: int = 0  # 0 = no limit
+    max_seconds: float = 0.0
+    tokens: int = 0  # generated so far: finished iterations plus this one's batches
+    seconds_before: float = 0.0  # wall seconds of the finished iterations
+    started: float = field(default_factory=time.time)  # when this iteration began
+    cut: str | None = None  # set when sampling stopped for the budget
+
+    @classmethod
+    def for_iteration(cls, rows: list[dict[str, Any]], cfg: Config, cache: Path, started: float) -> "Budget":
+        # samples an interrupted attempt saved were paid for: they count, as they are reused
+        cached = sum(r.get("tokens", 0) for r in read_jsonl(cache))
+        return cls(cfg.run.budget_tokens, cfg.run.budget_seconds,
+                   tokens=sum(r.get("generated_tokens", 0) for r in rows) + cached,
+                   seconds_before=sum(r.get("seconds", 0.0) for r in rows), started=started)
+
+    def spent(self) -> str | None:
+        """A description of the exhausted budget, or None."""
+        if self.max_tokens and self.tokens >= self.max_tokens:
+            return f"{self.tokens} generated tokens of {self.max_tokens}"
+        seconds = self.seconds_before + time.time() - self.started
+        if self.max_seconds and seconds >= self.max_seconds:
+            return f"{seconds:.0f}s of {self.max_seconds:.0f}s"
+        return None
+
+
 def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
-                      hint: bool, few_shot: bool, cache: Path, num_samples: int = 1) -> list[dict[str, Any]]:
+                      hint: bool, few_shot: bool, cache: Path, num_samples: int = 1,
+                      budget: Budget | None = None) -> list[dict[str, Any]]:
     """``num_samples`` rationales per problem (hint: the rationalization prompt), in problem order.
 
     Saved per batch to ``cache``, so an interrupted iteration does not sample again what it has.
+    A rationalization is graded on what is saved (the hint removed); one that gives the hint
+    away is marked ``rejected: "hint"`` and never kept. With a ``budget``, sampling stops after
+    the batch that spends it (``budget.cut`` says so) and only the samples drawn are returned.
     """
     phase = "rationalization" if hint else "rationale"
     done = {(r["id"], r.get("sample", 0)): r for r in read_jsonl(cache) if r["phase"] == phase}
@@ -72,19 +140,32 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
         for i, g in zip(indices, gens):
             p, j = todo[i]
             text = task.clean_completion(g.text)
-            rows.append({"id": p.id, "sample": j, "phase": phase, "question": p.question, "gold": p.answer,
-                         "completion": task.remove_hint(text) if hint else text,
-                         "answer": task.extract_answer(text), "correct": task.is_correct(text, p),
-                         "tokens": g.num_tokens})
+            saved = task.remove_hint(text) if hint else text
+            row = {"id": p.id, "sample": j, "phase": phase, "question": p.question, "gold": p.answer,
+                   "completion": saved, "answer": task.extract_answer(saved), "correct": task.is_correct(saved, p),
+                   "tokens": g.num_tokens}
+            if hint and task.leaks_hint(text, p.answer):  # the raw text: remove_hint may hide the echo
+                row["rejected"] = "hint"
+            rows.append(row)
         append_jsonl(cache, rows)
         done.update(((r["id"], r["sample"]), r) for r in rows)
+        if budget is not None:
+            budget.tokens += sum(r["tokens"] for r in rows)
+            budget.cut = budget.spent()
+            if budget.cut:
+                raise BudgetExhausted(budget.cut)
 
-    if todo:
+    if todo and budget is not None:
+        budget.cut = budget.spent()
+    if todo and not (budget and budget.cut):
         prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots) for p, _ in todo]
-        generator(cfg)(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
-                       max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
-                       top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=phase, on_batch=save)
-    return [done[(p.id, j)] for p, j in wanted]
+        try:
+            generator(cfg)(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
+                           max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+                           top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=phase, on_batch=save)
+        except BudgetExhausted:
+            pass  # what the finished batches drew is saved; the caller trains on it
+    return [done[(p.id, j)] for p, j in wanted if (p.id, j) in done]
 
 
 def keep_examples(task: Task, problems: list[Problem], samples: list[dict[str, Any]],
@@ -97,7 +178,7 @@ def keep_examples(task: Task, problems: list[Problem], samples: list[dict[str, A
     by_id = {p.id: p for p in problems}
     seen, kept, per_problem = set(), [], {}
     for s in samples:
-        if not s["correct"]:
+        if not s["correct"] or s.get("rejected"):
             continue
         if max_per_problem and per_problem.get(s["id"], 0) >= max_per_problem:
             continue
@@ -113,20 +194,29 @@ def keep_examples(task: Task, problems: list[Problem], samples: list[dict[str, A
 
 def budget_spent(rows: list[dict[str, Any]], cfg: Config) -> str | None:
     """A description of the exhausted budget (run.budget_tokens / run.budget_seconds), or None."""
-    tokens = sum(r.get("generated_tokens", 0) for r in rows)
-    seconds = sum(r.get("seconds", 0.0) for r in rows)
-    if cfg.run.budget_tokens and tokens >= cfg.run.budget_tokens:
-        return f"{tokens} generated tokens of {cfg.run.budget_tokens}"
-    if cfg.run.budget_seconds and seconds >= cfg.run.budget_seconds:
-        return f"{seconds:.0f}s of {cfg.run.budget_seconds:.0f}s"
-    return None
+    return Budget(cfg.run.budget_tokens, cfg.run.budget_seconds,
+                  tokens=sum(r.get("generated_tokens", 0) for r in rows),
+                  seconds_before=sum(r.get("seconds", 0.0) for r in rows)).spent()
+
+
+def validation_stalled(rows: list[dict[str, Any]]) -> str | None:
+    """When the last iteration's validation accuracy is no higher than an earlier one's, a
+    description (METHODS.md, STaR step 6: stop when held-out accuracy stops rising); else None."""
+    scored = [r for r in sorted(rows, key=lambda r: r["iteration"]) if r.get("validation_accuracy") is not None]
+    if len(scored) < 2:
+        return None
+    last, best = scored[-1], max(scored[:-1], key=lambda r: r["validation_accuracy"])
+    if last["validation_accuracy"] > best["validation_accuracy"]:
+        return None
+    return (f"validation accuracy {last['validation_accuracy']:.3f} at iteration {last['iteration']} is no higher "
+            f"than {best['validation_accuracy']:.3f} at iteration {best['iteration']}")
 
 
 def clear_unfinished(it_dir: Path) -> None:
     """Remove what an interrupted attempt at this iteration left, except its saved samples."""
     for name in ("adapter", ".adapter.tmp", "trainer"):
         shutil.rmtree(it_dir / name, ignore_errors=True)
-    for name in ("train.jsonl", "eval.jsonl", "samples.jsonl"):
+    for name in ("train.jsonl", "eval.jsonl", "validation.jsonl", "samples.jsonl"):
         (it_dir / name).unlink(missing_ok=True)
     it_dir.mkdir(parents=True, exist_ok=True)
 
@@ -139,6 +229,7 @@ def start_run(cfg: Config):
     if changed:
         log(f"continuing with changed settings: {', '.join(changed)}")
     task, train_problems, test_problems = build_task(cfg)
+    validation = load_validation(cfg, task, train_problems, test_problems)
     finished = rundir.finished()
     if finished and max(finished) >= cfg.star.iterations:
         log(f"{rundir.root}: all {cfg.star.iterations} iterations are finished")
@@ -153,9 +244,12 @@ def start_run(cfg: Config):
         t0 = time.time()
         result = evaluate_into(rundir.iter_dir(0) / "eval.jsonl", base, tokenizer, task, test_problems, cfg,
                                few_shot=True)
+        if validation:
+            result["validation_accuracy"] = evaluate_into(rundir.iter_dir(0) / "validation.jsonl", base, tokenizer,
+                                                          task, validation, cfg, few_shot=True)["accuracy"]
         seconds = round(time.time() - t0, 1)
         row = {"iteration": 0, "stage": "few-shot", **result, "num_train_examples": 0, "num_rationalized": 0,
-               "generated_tokens": 0, "seconds": seconds, "seconds_eval": seconds,
+               "num_rejected_hint": 0, "generated_tokens": 0, "seconds": seconds, "seconds_eval": seconds,
                "peak_memory_mb": round(peak_memory_mb())}
         rundir.add_metrics(row)
         log(f"iteration 0 (few-shot base): accuracy {result['accuracy']:.3f}")
@@ -169,6 +263,7 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     if started is None:
         return RunDir(cfg.run.output_dir).metrics()
     rundir, task, train_problems, test_problems, tokenizer, base, finished = started
+    validation = load_validation(cfg, task, train_problems, test_problems)
 
     last = max(finished)
     model = base if last == 0 else load_adapter(base, rundir.iter_dir(last) / "adapter")
@@ -177,16 +272,21 @@ def run(cfg: Config) -> list[dict[str, Any]]:
         if spent:
             log(f"budget reached ({spent}); stopping before iteration {it}")
             break
+        stalled = validation_stalled(rundir.metrics()) if cfg.star.stop_when_validation_stops_rising else None
+        if stalled:
+            log(f"{stalled}; stopping before iteration {it} (star.stop_when_validation_stops_rising)")
+            break
         t0, timings = time.time(), {}
         it_dir = rundir.iter_dir(it)
         clear_unfinished(it_dir)
         cache = it_dir / "samples.partial.jsonl"  # kept across a restart: sampling resumes from it
+        budget = Budget.for_iteration(rundir.metrics(), cfg, cache, started=t0)
         few_shot = model is base or cfg.sampling.few_shot_after_training
 
         # --- rationale generation and filtering -------------------------------------------
         t = time.time()
-        samples = sample_rationales(model, tokenizer, task, train_problems, cfg, hint=False,
-                                    few_shot=few_shot, cache=cache, num_samples=cfg.star.samples_per_problem)
+        samples = sample_rationales(model, tokenizer, task, train_problems, cfg, hint=False, few_shot=few_shot,
+                                    cache=cache, num_samples=cfg.star.samples_per_problem, budget=budget)
         timings["seconds_sampling"] = round(time.time() - t, 1)
         solved = {s["id"] for s in samples if s["correct"]}  # problems answered right at least once
         num_correct = len(solved)
@@ -194,23 +294,32 @@ def run(cfg: Config) -> list[dict[str, Any]]:
         # --- rationalization: the gold answer as a hint, for the problems still wrong -------
         t = time.time()
         rationalized: list[dict[str, Any]] = []
-        if cfg.star.rationalization:
-            wrong = [p for p in train_problems if p.id not in solved]
+        if cfg.star.rationalization and not budget.cut:
+            sampled = {s["id"] for s in samples}
+            wrong = [p for p in train_problems if p.id in sampled and p.id not in solved]
             rationalized = sample_rationales(model, tokenizer, task, wrong, cfg, hint=True,
-                                             few_shot=True, cache=cache)
+                                             few_shot=True, cache=cache, budget=budget)
         timings["seconds_rationalization"] = round(time.time() - t, 1)
         all_samples = samples + rationalized
         write_jsonl(it_dir / "samples.jsonl", all_samples)
         kept = keep_examples(task, train_problems, all_samples, cfg.star.max_kept_per_problem)
         write_jsonl(it_dir / "train.jsonl", kept)
         num_rationalized = sum(k["rationalized"] for k in kept)
+        num_rejected_hint = sum(s.get("rejected") == "hint" for s in rationalized)
         log(f"iteration {it}: {num_correct}/{len(train_problems)} answered right, "
-            f"{num_rationalized} rationalized, {len(kept)} training examples")
+            f"{num_rationalized} rationalized, {num_rejected_hint} rejected for leaking the hint, "
+            f"{len(kept)} training examples")
+        if budget.cut:  # the samples are paid for: train on what they gave, then stop (checked above)
+            log(f"iteration {it}: budget reached while sampling ({budget.cut}); sampling stopped after "
+                f"{len(all_samples)} samples" + (", training on what was kept" if kept else ""))
         if not kept:
             msg = (f"iteration {it} kept no rationale: the model answered no training problem right"
                    + (" even with the hint" if cfg.star.rationalization else "")
                    + ". A model must start above chance to bootstrap; try an easier task setting, "
                      "a different rationale format, or a larger model.")
+            if budget.cut:  # nothing to train on and nothing left to sample with
+                log(f"iteration {it} kept no rationale before the budget ran out; stopping")
+                break
             if cfg.star.stop_on_empty:
                 log(msg + " Stopping (star.stop_on_empty=true).")
                 break
@@ -219,7 +328,7 @@ def run(cfg: Config) -> list[dict[str, Any]]:
 
         # --- train a fresh adapter from the base weights ------------------------------------
         t = time.time()
-        steps = num_steps(it, cfg.train.start_steps, cfg.train.step_growth)
+        steps = training_steps(it, len(kept), cfg.train)
         base = detach_adapter(model)
         del model
         release_memory()
@@ -230,19 +339,26 @@ def run(cfg: Config) -> list[dict[str, Any]]:
 
         # --- evaluate and record -----------------------------------------------------------
         t = time.time()
+        few_shot_eval = cfg.sampling.few_shot_after_training
         result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test_problems, cfg,
-                               few_shot=cfg.sampling.few_shot_after_training)
+                               few_shot=few_shot_eval)
+        if validation:
+            result["validation_accuracy"] = evaluate_into(it_dir / "validation.jsonl", model, tokenizer, task,
+                                                          validation, cfg, few_shot=few_shot_eval)["accuracy"]
         timings["seconds_eval"] = round(time.time() - t, 1)
         row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept),
-               "num_rationalized": num_rationalized, "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
+               "num_rationalized": num_rationalized, "num_rejected_hint": num_rejected_hint,
+               "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
                "steps": steps, "train_loss": trained.train_loss,
                "trained_tokens": trained.trained_tokens,
                "generated_tokens": sum(s["tokens"] for s in all_samples),
+               "budget_exhausted": budget.cut is not None,
                "seconds": round(time.time() - t0, 1), **timings, "peak_memory_mb": round(peak_memory_mb())}
         rundir.add_metrics(row)
         cache.unlink(missing_ok=True)
-        log(f"iteration {it}: accuracy {result['accuracy']:.3f} (iteration 0: {finished[0]['accuracy']:.3f}), "
-            f"{steps} steps, {row['seconds']:.0f}s "
+        log(f"iteration {it}: accuracy {result['accuracy']:.3f} (iteration 0: {finished[0]['accuracy']:.3f})"
+            + (f", validation {result['validation_accuracy']:.3f}" if validation else "")
+            + f", {steps} steps, {row['seconds']:.0f}s "
             f"(sampling {timings['seconds_sampling']:.0f}s, rationalization {timings['seconds_rationalization']:.0f}s, "
             f"training {timings['seconds_training']:.0f}s, eval {timings['seconds_eval']:.0f}s)")
     return rundir.metrics()

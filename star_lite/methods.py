@@ -41,6 +41,7 @@ def method_config(cfg: Config, method: str) -> Config:
         c.star.samples_per_problem = cfg.rest_em.samples_per_problem
         c.star.max_kept_per_problem = cfg.rest_em.max_kept_per_problem
         c.sampling.temperature = cfg.rest_em.temperature
+        c.train.epochs = cfg.rest_em.epochs  # the M-step passes over the kept set: steps follow its size
     elif method == "sft-direct":
         # as many optimizer steps as all of STaR's iterations together
         c.train.start_steps = sum(num_steps(i, cfg.train.start_steps, cfg.train.step_growth)

@@ -43,7 +43,11 @@ def plot_accuracy(run_dir: str | Path):
     bounds = [wilson(round(r["accuracy"] * r.get("num_eval", 0)), r.get("num_eval", 0)) for r in rows]
     err = [[max(0.0, a - lo) for a, (lo, _) in zip(accs, bounds)], [max(0.0, hi - a) for a, (_, hi) in zip(accs, bounds)]]
     n = max((r.get("num_eval", 0) for r in rows), default=0)
-    ax.errorbar(its, accs, yerr=err, marker="o", capsize=3, label=f"held-out accuracy ({n} problems, 95% interval)")
+    ax.errorbar(its, accs, yerr=err, marker="o", capsize=3, label=f"test accuracy ({n} problems, 95% interval)")
+    if any(r.get("validation_accuracy") is not None for r in rows):
+        ax.plot(its, [r.get("validation_accuracy") for r in rows], marker="s", linestyle="--",
+                label="validation accuracy (what stopping looks at)")
+    ax.legend(fontsize=8)
     ax.set_xlabel("iteration (0 = few-shot base model)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -54,14 +58,18 @@ def plot_accuracy(run_dir: str | Path):
 
 
 def plot_training_set(run_dir: str | Path):
-    """Training examples per iteration, split into found unaided and rationalized."""
+    """Training examples per iteration, split into found unaided and rationalized; above them,
+    hatched, the rationalizations rejected for giving the hint away (not trained on)."""
     rows = [r for r in _metrics(run_dir) if r["iteration"] > 0]
     fig, ax = _figure()
     its = [r["iteration"] for r in rows]
     rationalized = [r["num_rationalized"] for r in rows]
     unaided = [r["num_train_examples"] - r["num_rationalized"] for r in rows]
+    leaked = [r.get("num_rejected_hint", 0) for r in rows]
     ax.bar(its, unaided, label="answered right unaided")
     ax.bar(its, rationalized, bottom=unaided, label="rationalized (hint)")
+    ax.bar(its, leaked, bottom=[r["num_train_examples"] for r in rows], fill=False, hatch="//",
+           label="rejected: leaked the hint (not trained on)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("training examples")
     ax.set_xticks(its)
@@ -92,17 +100,24 @@ def plot_accuracy_by_difficulty(run_dir: str | Path):
 
 
 def example_rationales(run_dir: str | Path, iteration: int | None = None, n: int = 3) -> dict[str, list[dict]]:
-    """A few kept, rationalized and rejected samples of one iteration (default: the last)."""
+    """A few kept, rationalized, hint-leaking and wrong samples of one iteration (default: the last)."""
     rows = [r for r in _metrics(run_dir) if r["iteration"] > 0]
     if not rows:
-        return {"kept": [], "rationalized": [], "rejected": []}
+        return {"kept": [], "rationalized": [], "leaked the hint": [], "rejected": []}
     it = iteration if iteration is not None else rows[-1]["iteration"]
     samples = read_jsonl(Path(run_dir) / f"iter_{it:03d}" / "samples.jsonl")
     return {
         "kept": [s for s in samples if s["phase"] == "rationale" and s["correct"]][:n],
-        "rationalized": [s for s in samples if s["phase"] == "rationalization" and s["correct"]][:n],
+        "rationalized": [s for s in samples if s["phase"] == "rationalization" and s["correct"]
+                         and not s.get("rejected")][:n],
+        "leaked the hint": [s for s in samples if s.get("rejected") == "hint"][:n],
         "rejected": [s for s in samples if not s["correct"]][:n],
     }
+
+
+_EXAMPLE_TITLES = {"kept": "Example kept rationales", "rationalized": "Example rationalized rationales",
+                   "leaked the hint": "Example rationalizations rejected for leaking the hint (not trained on)",
+                   "rejected": "Example rejected rationales"}
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -122,20 +137,33 @@ def write_report(run_dir: str | Path) -> Path:
         images.append(name)
     from .stats import wilson
 
+    has_validation = any(r.get("validation_accuracy") is not None for r in rows)
     lines = [f"# STaR run: {root.name}", "",
-             "| iteration | accuracy | 95% interval | test problems | training examples | rationalized | seconds |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| iteration | accuracy | 95% interval | test problems | " + ("validation | " if has_validation else "")
+             + "training examples | rationalized | rejected: leaked hint | seconds |",
+             "| ---: | ---: | ---: | ---: | " + ("---: | " if has_validation else "") + "---: | ---: | ---: | ---: |"]
     for r in rows:
         n = r.get("num_eval", 0)
         lo, hi = wilson(round(r["accuracy"] * n), n)
-        lines.append(f"| {r['iteration']} | {r['accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {n} | {r['num_train_examples']} | "
-                     f"{r['num_rationalized']} | {r['seconds']:.0f} |")
+        val = r.get("validation_accuracy")
+        lines.append(f"| {r['iteration']} | {r['accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {n} | "
+                     + (f"{'' if val is None else f'{val:.3f}'} | " if has_validation else "")
+                     + f"{r['num_train_examples']} | {r['num_rationalized']} | {r.get('num_rejected_hint', 0)} | "
+                     f"{r['seconds']:.0f} |")
     lines.append("")
+    if has_validation:
+        best = max((r for r in rows if r.get("validation_accuracy") is not None), key=lambda r: r["validation_accuracy"])
+        lines += [f"Best iteration by validation accuracy: {best['iteration']} (test accuracy there: "
+                  f"{best['accuracy']:.3f}; test accuracy is reported, never used to choose).", ""]
+    cut = [r["iteration"] for r in rows if r.get("budget_exhausted")]
+    if cut:
+        lines += [f"The budget (run.budget_tokens / run.budget_seconds) stopped sampling within iteration "
+                  f"{cut[-1]}; it trained on what it had kept.", ""]
     lines += [f"![{name}]({name})" for name in images]
     examples = example_rationales(root)
     for kind, items in examples.items():
         if items:
-            lines += ["", f"## Example {kind} rationales", ""]
+            lines += ["", f"## {_EXAMPLE_TITLES[kind]}", ""]
             for s in items:
                 lines.append(f"- **{s['question']}** (gold {s['gold']}) → {s['completion']}")
     path = root / "report.md"

@@ -50,6 +50,21 @@ def num_steps(iteration: int, start_steps: int, growth: float) -> int:
     return max(1, int(start_steps * growth ** (iteration - 1)))
 
 
+def training_steps(iteration: int, num_examples: int, train) -> int:
+    """Steps of one iteration's training (``train``: the TrainConfig): STaR's growing schedule, or,
+    with ``train.epochs`` > 0, that many passes over the iteration's ``num_examples`` (ReST-EM's
+    M-step fine-tunes on the whole E-step set, so the steps follow what was kept).
+
+    >>> from star_lite.config import TrainConfig
+    >>> training_steps(2, 100, TrainConfig()), training_steps(2, 100, TrainConfig(epochs=1.0, batch_size=8))
+    (48, 13)
+    """
+    if train.epochs > 0:
+        per_step = train.batch_size * train.gradient_accumulation_steps
+        return max(1, math.ceil(train.epochs * num_examples / per_step))
+    return num_steps(iteration, train.start_steps, train.step_growth)
+
+
 def _nan_guard():
     from transformers import TrainerCallback
 

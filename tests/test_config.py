@@ -48,6 +48,8 @@ def test_set_reaches_any_depth_of_a_mapping():
     ({}, ["iterations=3"], r"the key must be section.key"),
     ({}, ["star.iterations.x=3"], r"star.iterations: expected an integer, got {'x': 3}"),
     ({}, ["star.iterations"], r"expected section.key=value"),
+    ({}, ["star.stop_when_validation_stops_rising=true"], r"needs task.num_validation > 0"),
+    ({}, ["rest_em.epochs=-1"], r"rest_em.epochs: must be at least 0.0"),
 ])
 def test_bad_configs_name_the_field(data, overrides, message):
     with pytest.raises(ConfigError, match=message):

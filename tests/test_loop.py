@@ -134,7 +134,236 @@ def test_report_plots_match_metrics(finished_run):
     bars = plot_training_set(out).axes[0].patches
     heights = [b.get_height() for b in bars]
     assert heights == [r["num_train_examples"] - r["num_rationalized"] for r in rows[1:]] + \
-        [r["num_rationalized"] for r in rows[1:]]
+        [r["num_rationalized"] for r in rows[1:]] + [r["num_rejected_hint"] for r in rows[1:]]
     by_digit = plot_accuracy_by_difficulty(out).axes[0].lines[0].get_ydata()
     assert list(by_digit) == [r["accuracy_by_difficulty"]["1-digit"] for r in rows]
     assert "Example rationalized rationales" in text
+
+
+# --- a scripted sampler: the loop's phases on fixed completions ---------------------------------
+import math  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+import star_lite.evaluation as evaluation_module  # noqa: E402
+import star_lite.loop as loop_module  # noqa: E402
+from star_lite.loop import keep_examples  # noqa: E402
+from star_lite.methods import method_config  # noqa: E402
+from star_lite.sampling import Generation  # noqa: E402
+from star_lite.tasks import Problem, load_task  # noqa: E402
+
+
+def scripted_generator(answer, batches=None, seconds_per_batch=0.0, tokens=4):
+    """A stand-in for ``sampling.generator``: ``answer(prompt, desc)`` gives each completion; batches
+    are handed to on_batch as the real sampler does. ``batches`` collects (desc, size) per batch."""
+    def generator(cfg):
+        def generate(model, tokenizer, prompts, *, batch_size=16, desc="sampling", on_batch=None, **kwargs):
+            out = []
+            for start in range(0, len(prompts), batch_size):
+                time.sleep(seconds_per_batch)
+                gens = [Generation(" " + answer(p, desc), tokens) for p in prompts[start:start + batch_size]]
+                if batches is not None:
+                    batches.append((desc, len(gens)))
+                out += gens
+                if on_batch is not None:
+                    on_batch(list(range(start, start + len(gens))), gens)
+            return out
+        return generate
+    return generator
+
+
+def problem_of(prompt, task, problems):
+    """The problem a prompt asks (its last question), with or without the hint; None if none."""
+    for p in problems:
+        if prompt.endswith(task.format_question(p)) or prompt.endswith(task.format_question(p, hint=True)):
+            return p
+    return None
+
+
+def _csqa_row(i, key="B"):
+    return {"id": f"r{i}", "question": f"Where would you find thing {i}?", "answerKey": key,
+            "choices": {"label": ["A", "B", "C", "D", "E"], "text": ["shop", "attic", "river", "moon", "desk"]}}
+
+
+def _task_section(name, tmp_path):
+    if name == "arithmetic":
+        return {"name": "arithmetic", "options": {"min_digits": 1, "max_digits": 1, "rationale": "plain"}}
+    if name == "gsm8k":
+        f = tmp_path / "gsm.jsonl"
+        f.write_text("".join(json.dumps({"question": f"Ann has {i} apples and gets {i + 3} more. How many?",
+                                         "answer": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}"}) + "\n"
+                             for i in range(8)))
+        return {"name": "gsm8k", "options": {"data_files": {"train": str(f), "test": str(f)}}}
+    (tmp_path / "cqa_train.jsonl").write_text("".join(json.dumps(_csqa_row(i)) + "\n" for i in range(8)))
+    (tmp_path / "cqa_validation.jsonl").write_text("".join(json.dumps(_csqa_row(50 + i)) + "\n" for i in range(4)))
+    return {"name": "commonsense_qa", "options": {"source": str(tmp_path)}}
+
+
+# completions per task: (answered right, leaking the hint, an honest rationalization that states the answer)
+def _scripts(name, p):
+    if name == "commonsense_qa":
+        mark = f"({p.answer.lower()})"
+        return (f"That is where it goes. The answer is {mark}.",
+                f"{mark} attic (CORRECT). The answer is {mark}.",
+                f"Old things are stored up there. The answer is {mark}.")
+    leak = {"arithmetic": f"(Hint: the answer is {p.answer}.) The answer is {p.answer}.",
+            "gsm8k": f"The question ends with ({p.answer}). The answer is {p.answer}."}[name]
+    return f"The answer is {p.answer}.", leak, f"Adding them gives {p.answer}. The answer is {p.answer}."
+
+
+@pytest.mark.parametrize("task_name", ["arithmetic", "gsm8k", "commonsense_qa"])
+def test_rationalization_that_leaks_the_hint_is_rejected_and_counted(task_name, tiny_model_dir, tmp_path,
+                                                                     monkeypatch):
+    data = tiny_config_dict(tiny_model_dir, tmp_path / "run", task={**_task_section(task_name, tmp_path),
+                                                                     "num_train": 3, "num_test": 2},
+                            star={"iterations": 1})
+    cfg = from_dict(data)
+    task = load_task(cfg.task.name, **cfg.task.options)
+    train = task.load("train", 3, cfg.run.seed)
+    right, leaks, honest = train  # answered right; wrong, then a leaking rationalization; wrong, then honest
+
+    def answer(prompt, desc):
+        p = problem_of(prompt, task, train)
+        if p is None:
+            return "I do not know."
+        ok, leak, fair = _scripts(task_name, p)
+        if desc == "rationale":
+            return ok if p is right else "I do not know."
+        return leak if p is leaks else fair
+
+    monkeypatch.setattr(loop_module, "generator", scripted_generator(answer))
+    monkeypatch.setattr(evaluation_module, "generator", scripted_generator(answer))
+    rows = run(cfg)
+    it_dir = tmp_path / "run" / "iter_001"
+    samples = {(s["id"], s["phase"]): s for s in read_jsonl(it_dir / "samples.jsonl")}
+    leaked = samples[(leaks.id, "rationalization")]
+    assert leaked["rejected"] == "hint" and leaked["correct"]  # graded right on what is saved, still refused
+    assert "CORRECT" not in leaked["completion"]  # saved without the hint mark
+    assert "rejected" not in samples[(honest.id, "rationalization")]  # stating the answer is no leak
+    kept = read_jsonl(it_dir / "train.jsonl")
+    assert sorted(k["id"] for k in kept) == sorted([right.id, honest.id])
+    assert rows[1]["num_rejected_hint"] == 1 and rows[1]["num_rationalized"] == 1
+    assert rows[1]["num_train_examples"] == 2
+
+    from star_lite.report import write_report
+    text = write_report(tmp_path / "run").read_text()
+    assert "rejected for leaking the hint" in text and leaked["completion"] in text
+
+
+def test_keep_examples_caps_distinct_correct_samples_and_skips_rejected():
+    task = load_task("arithmetic", min_digits=1, max_digits=1)
+    p = Problem("p", "What is 3 + 4?", "7")
+    samples = [{"id": "p", "phase": "rationale", "completion": f"Step {i}: 3 + 4 = 7. The answer is 7.",
+                "correct": True} for i in range(5)]
+    samples.insert(1, dict(samples[0]))  # an exact duplicate does not use up the cap
+    samples.append({"id": "p", "phase": "rationalization", "completion": "The hint says 7. The answer is 7.",
+                    "correct": True, "rejected": "hint"})
+    kept = keep_examples(task, [p], samples, max_per_problem=3)
+    assert [k["completion"] for k in kept] == [" Step 0: 3 + 4 = 7. The answer is 7.",
+                                               " Step 1: 3 + 4 = 7. The answer is 7.",
+                                               " Step 2: 3 + 4 = 7. The answer is 7."]
+    assert len(keep_examples(task, [p], samples)) == 5  # no cap: every distinct correct one, never the leak
+
+
+def test_rest_em_steps_follow_the_kept_set_and_the_cap_binds(tiny_model_dir, tmp_path, monkeypatch):
+    data = tiny_config_dict(tiny_model_dir, tmp_path, task={"name": "arithmetic", "num_train": 5, "num_test": 2,
+                                                            "options": {"min_digits": 1, "max_digits": 1}},
+                            star={"iterations": 1}, train={"batch_size": 4, "start_steps": 1},
+                            rest_em={"samples_per_problem": 4, "max_kept_per_problem": 2, "epochs": 2.0},
+                            compare={"output_dir": str(tmp_path)})
+    cfg = method_config(from_dict(data), "rest-em")
+    assert cfg.train.epochs == 2.0 and method_config(from_dict(data), "star").train.epochs == 0.0
+    task = load_task(cfg.task.name, **cfg.task.options)
+    train = task.load("train", 5, cfg.run.seed)
+    drawn: dict[str, int] = {}
+
+    def answer(prompt, desc):  # every sample right, and each one worded differently
+        p = problem_of(prompt, task, train)
+        if p is None:
+            return "I do not know."
+        drawn[p.id] = drawn.get(p.id, 0) + 1
+        return f"Try {drawn[p.id]}: the sum is {p.answer}. The answer is {p.answer}."
+
+    monkeypatch.setattr(loop_module, "generator", scripted_generator(answer))
+    monkeypatch.setattr(evaluation_module, "generator", scripted_generator(answer))
+    rows = run(cfg)
+    assert drawn == {p.id: 4 for p in train}  # 4 distinct right samples per problem, more than the cap
+    kept = read_jsonl(tmp_path / "rest-em" / "iter_001" / "train.jsonl")
+    assert sorted(k["id"] for k in kept) == sorted(p.id for p in train for _ in range(2))
+    assert rows[1]["steps"] == math.ceil(2.0 * 10 / 4) == 5  # two passes over 10 kept, 4 per step
+
+
+def test_token_budget_stops_sampling_within_the_iteration(tiny_model_dir, tmp_path):
+    data = tiny_config_dict(tiny_model_dir, tmp_path, star={"iterations": 2}, run={"budget_tokens": 60},
+                            rest_em={"samples_per_problem": 2}, compare={"output_dir": str(tmp_path)})
+    cfg = method_config(from_dict(data), "rest-em")
+    rows = run(cfg)
+    one_batch = cfg.sampling.batch_size * cfg.sampling.max_new_tokens
+    spent = sum(r["generated_tokens"] for r in rows)
+    assert 60 <= spent <= 60 + one_batch
+    assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["budget_exhausted"]
+    samples = read_jsonl(tmp_path / "rest-em" / "iter_001" / "samples.jsonl")
+    assert len(samples) < 2 * cfg.task.num_train  # cut short, and trained on what it had
+    assert rows[1]["num_train_examples"] > 0 and (tmp_path / "rest-em" / "iter_001" / "adapter").is_dir()
+
+
+def test_seconds_budget_stops_sampling_within_the_iteration(tiny_model_dir, tmp_path, monkeypatch):
+    data = tiny_config_dict(tiny_model_dir, tmp_path, task={"name": "arithmetic", "num_train": 16, "num_test": 2,
+                                                            "options": {"min_digits": 1, "max_digits": 1}},
+                            sampling={"batch_size": 2}, run={"budget_seconds": 1.0})
+    cfg = from_dict(data)
+    batches: list = []
+
+    def answer(prompt, desc):  # the right sum, so every sample is kept
+        a, b = re.findall(r"What is (\d+) \+ (\d+)\?", prompt)[-1]
+        return f"The answer is {int(a) + int(b)}."
+
+    monkeypatch.setattr(loop_module, "generator", scripted_generator(answer, batches, seconds_per_batch=0.25))
+    monkeypatch.setattr(evaluation_module, "generator", scripted_generator(answer))
+    rows = run(cfg)
+    assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["budget_exhausted"]
+    # 1 s of 0.25 s batches: the fourth (or, with overhead, fifth) batch spends it; 8 were wanted
+    sampled = [n for desc, n in batches if desc in ("rationale", "rationalization")]
+    assert 4 <= len(sampled) <= 5 and rows[1]["seconds_sampling"] + rows[1]["seconds_rationalization"] < 1.6
+    assert rows[1]["generated_tokens"] == 4 * sum(sampled)
+
+
+def test_validation_is_evaluated_and_stops_the_loop_when_it_stops_rising(tiny_model_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    data = tiny_config_dict(tiny_model_dir, tmp_path, task={"name": "arithmetic", "num_train": 4, "num_test": 4,
+                                                            "num_validation": 4,
+                                                            "options": {"min_digits": 1, "max_digits": 1}},
+                            star={"iterations": 4, "stop_when_validation_stops_rising": True})
+    cfg = from_dict(data)
+    task = load_task(cfg.task.name, **cfg.task.options)
+    train, test = task.load("train", 4, 0), task.load("test", 4, 0)
+    validation = task.load("validation", 4, 0)
+    right_on_validation = iter([1, 2, 2, 4])  # per evaluation: rises, then stalls at iteration 2
+    right_on_test = iter([3, 1, 2, 4])  # test drops after iteration 0: it must not stop the run
+    state = {}
+
+    def answer(prompt, desc):
+        for problems, counts in ((train, None), (validation, right_on_validation), (test, right_on_test)):
+            p = problem_of(prompt, task, problems)
+            if p is None:
+                continue
+            if counts is None:
+                return f"The answer is {p.answer}."
+            key = ("v" if problems is validation else "t", desc)
+            if p is problems[0]:  # the first problem starts each evaluation (prompts are not reordered here)
+                state[key] = next(counts)
+            return f"The answer is {p.answer}." if problems.index(p) < state[key] else "I do not know."
+        return "I do not know."
+
+    monkeypatch.setattr(loop_module, "generator", scripted_generator(answer))
+    monkeypatch.setattr(evaluation_module, "generator", scripted_generator(answer))
+    rows = run(cfg)
+    assert [r["validation_accuracy"] for r in rows] == [0.25, 0.5, 0.5]
+    assert [r["accuracy"] for r in rows] == [0.75, 0.25, 0.5]
+    assert len(read_jsonl(tmp_path / "iter_002" / "validation.jsonl")) == 4
+    assert "no higher than 0.500 at iteration 1" in capsys.readouterr().err
+    assert not {p.question for p in validation} & {p.question for p in train + test}
+
+    from star_lite.report import plot_accuracy, write_report
+    assert "Best iteration by validation accuracy: 1 " in write_report(tmp_path).read_text()
+    assert list(plot_accuracy(tmp_path).axes[0].lines[1].get_ydata()) == [0.25, 0.5, 0.5]

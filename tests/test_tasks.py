@@ -142,3 +142,91 @@ def test_load_task_by_import_path_and_errors():
         load_task("nope.mod:Task")
     with pytest.raises(ValueError, match="task.options for 'arithmetic'"):
         load_task("arithmetic", digits=3)
+
+
+# --- graders: an article is not a choice ------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PHRASES = st.sampled_from(["So the answer is", "The answer is", "the answer is:", "Answer is", "I think the answer is"])
+_WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=2, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_PHRASES, st.sampled_from(["a", "an", "the", "e"]), _WORDS, st.sampled_from([".", "", " here.", "!"]))
+def test_choice_extraction_does_not_read_an_article_as_a_choice(phrase, article, word, end):
+    assert extract_choice(f"{phrase} {article} {word}{end}") is None
+    # a marked choice elsewhere in the text still counts
+    assert extract_choice(f"(d) fits. {phrase} {article} {word}{end}") == "D"
+
+
+@settings(max_examples=200, deadline=None)
+@given(_PHRASES, st.sampled_from("abcde"),
+       st.sampled_from(["({})", "{})", "({}) ", "{{}}"]), st.booleans(), st.sampled_from([".", "", " because it fits."]))
+def test_choice_extraction_reads_marked_choices(phrase, letter, form, upper, end):
+    if form == "{{}}":  # a bare letter: a capital anywhere, a lower-case one only at the sentence's end
+        if not upper and end.startswith(" "):
+            return
+        form = "{}"
+    mark = form.format(letter.upper() if upper else letter)
+    assert extract_choice(f"{phrase} {mark}{end}") == letter.upper()
+
+
+# --- hint leaks --------------------------------------------------------------------------
+@pytest.mark.parametrize("task, answer, leaking, honest", [
+    (ArithmeticTask(), "67",
+     ["(Hint: the answer is 67.) The answer is 67.", "The hint says 67, so the answer is 67.",
+      "We were told the answer is 67. The answer is 67.", "What is 45 + 22? (67) The answer is 67."],
+     ["45 + 22 = 67. The answer is 67.", "5 + 2 + 0 = 7, write 7 carry 0. 4 + 2 + 0 = 6. 45 + 22 = 67. The answer is 67."]),
+    (GSM8KTask(), "1204",
+     ["(1204) so the answer is 1204.", "The question ends with ( 1,204 ). The answer is 1,204.",
+      "Using the hint, the answer is 1204."],
+     ["She has 1000 + 204 = 1204. The answer is 1204.", "3 * (4 + 2) = 18, then 1204. The answer is 1204."]),
+    (CommonsenseQATask(), "C",
+     ["(c) z (CORRECT). The answer is (c).", "Choice (c) is marked correct. The answer is (c).",
+      "It says CORRECT next to (c). The answer is (c).", "The hint points to (c). The answer is (c)."],
+     ["A bridge goes over the river. The answer is (c).", "Given the answer choices, only (c) fits. The answer is (c).",
+      "That is the correct tool. The answer is (c)."]),
+], ids=["arithmetic", "gsm8k", "commonsense_qa"])
+def test_leaks_hint_flags_echoes_not_reasoning_that_reaches_the_answer(task, answer, leaking, honest):
+    for text in leaking:
+        assert task.leaks_hint(text, answer), text
+    for text in honest:
+        assert not task.leaks_hint(text, answer), text
+
+
+# --- splits --------------------------------------------------------------------------------
+def test_arithmetic_splits_keep_swapped_pairs_together_and_exclude_exemplars():
+    task = ArithmeticTask(min_digits=1, max_digits=2)
+    splits = {name: task.load(name, n, seed=0) for name, n in (("train", 2000), ("validation", 300), ("test", 400))}
+    pairs = {name: {frozenset((p.meta["a"], p.meta["b"])) for p in ps} for name, ps in splits.items()}
+    assert all(len(ps) == n for ps, n in zip(splits.values(), (2000, 300, 400)))
+    assert not pairs["train"] & pairs["test"] and not pairs["train"] & pairs["validation"]
+    assert not pairs["validation"] & pairs["test"]
+    exemplar_pairs = {frozenset((e.problem.meta["a"], e.problem.meta["b"])) for e in task.exemplars()}
+    assert not exemplar_pairs & (pairs["train"] | pairs["validation"] | pairs["test"])
+    # the twin of a test pair is never trainable: a + b in test means b + a is not in train
+    train_ordered = {(p.meta["a"], p.meta["b"]) for p in splits["train"]}
+    assert not any((p.meta["b"], p.meta["a"]) in train_ordered for p in splits["test"])
+
+
+def _csqa_row(i):
+    return {"id": f"r{i}", "question": f"Where is thing {i}?", "answerKey": "B",
+            "choices": {"label": ["A", "B", "C", "D", "E"], "text": ["a", "b", "c", "d", "e"]}}
+
+
+def test_validation_is_carved_from_train_and_disjoint_from_it(tmp_path):
+    gsm = _write_jsonl(tmp_path / "gsm.jsonl", [{"question": f"q{i}?", "answer": f"#### {i}"} for i in range(60)])
+    gsm_task = load_task("gsm8k", data_files={"train": str(gsm), "test": str(gsm)}, validation_fraction=0.2)
+    _write_jsonl(tmp_path / "cqa_train.jsonl", [_csqa_row(i) for i in range(60)])
+    _write_jsonl(tmp_path / "cqa_validation.jsonl", [_csqa_row(100 + i) for i in range(5)])
+    cqa_task = load_task("commonsense_qa", source=str(tmp_path), validation_fraction=0.2)
+    for task in (gsm_task, cqa_task):
+        train, validation = task.load("train", 0, seed=0), task.load("validation", 0, seed=0)
+        assert 0 < len(validation) < 30 and len(train) + len(validation) == 60
+        assert not {p.question for p in train} & {p.question for p in validation}
+        # fixed whatever the seed and the number asked for: a subset of one carved set
+        assert {p.question for p in task.load("validation", 3, seed=7)} <= {p.question for p in validation}
+        assert not {p.question for p in task.load("train", 10, seed=3)} & {p.question for p in validation}
+    assert {p.question for p in cqa_task.load("test", 0, 0)} == {f"Where is thing {100 + i}?\nAnswer Choices:\n"
+                                                                 "(a) a\n(b) b\n(c) c\n(d) d\n(e) e" for i in range(5)}

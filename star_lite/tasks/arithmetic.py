@@ -1,7 +1,9 @@
 """n-digit addition, generated and seeded; the task STaR bootstraps on the embedded model.
 
-Train and test problems are disjoint by construction: each (a, b) pair belongs to exactly
-one split, chosen by a hash of the pair, so the test set never depends on the train size.
+Train, validation and test problems are disjoint by construction: each unordered pair {a, b}
+belongs to exactly one split, chosen by a hash of the pair, so ``a + b`` and ``b + a`` are
+never on both sides and the test set never depends on the train size. The few-shot
+exemplars' pairs (either order) are in no split.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import hashlib
 import random
 import re
 
-from .base import Exemplar, Problem, Task
+from .base import Exemplar, Problem, Task, cites_hint
 
 _ANSWER = re.compile(r"answer is\s*:?\s*\(?\s*(-?[\d,]*\d)")
 _NUMBER = re.compile(r"-?\d[\d,]*")
+_PAREN_NUMBER = re.compile(r"\(\s*(-?[\d,]*\d)\s*\.?\s*\)")
 
 
 def parse_int(text: str) -> str | None:
@@ -48,6 +51,18 @@ def extract_number_answer(completion: str) -> str | None:
     return parse_int(numbers[-1]) if numbers else None
 
 
+def echoes_number_hint(completion: str, answer: str) -> bool:
+    """True when the text cites a hint or repeats ``answer`` in parentheses, the way the GSM8K and
+    arithmetic hints give it; stating the answer in a sentence is not an echo.
+
+    >>> echoes_number_hint("Q says (1,204), so 1204.", "1204"), echoes_number_hint("3 + 4 = 7. The answer is 7.", "7")
+    (True, False)
+    """
+    if not isinstance(completion, str):
+        return False
+    return cites_hint(completion) or any(parse_int(n) == answer for n in _PAREN_NUMBER.findall(completion))
+
+
 def scratchpad(a: int, b: int) -> str:
     """Digit-by-digit addition, ones first, with carries (the STaR scratchpad, in words).
 
@@ -77,29 +92,41 @@ def plain(a: int, b: int) -> str:
 RATIONALE_STYLES = {"scratchpad": scratchpad, "plain": plain}
 
 
+def _unordered(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a <= b else (b, a)
+
+
 class ArithmeticTask(Task):
     """Addition of two n-digit numbers, n drawn uniformly from [min_digits, max_digits].
 
     ``rationale`` picks the worked-example style: "scratchpad" (digit by digit with carries,
     as in the STaR paper) or "plain". Small models bootstrap only from a format they can
     already follow; measure few-shot accuracy with ``star-lite eval`` before choosing.
+    ``test_fraction`` and ``validation_fraction`` are the shares of unordered pairs in those
+    splits; the validation bucket is reserved whether or not a run evaluates on it, so turning
+    ``task.num_validation`` on does not change the training problems.
     """
 
     name = "arithmetic"
 
     def __init__(self, min_digits: int = 1, max_digits: int = 2, rationale: str = "scratchpad",
-                 test_fraction: float = 0.2):
+                 test_fraction: float = 0.2, validation_fraction: float = 0.1):
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"task.options: need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         if rationale not in RATIONALE_STYLES:
             raise ValueError(f"task.options.rationale: must be one of {sorted(RATIONALE_STYLES)}, got {rationale!r}")
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"task.options.test_fraction: must be between 0 and 1, got {test_fraction}")
+        if not 0.0 <= validation_fraction < 1.0 - test_fraction:
+            raise ValueError(f"task.options.validation_fraction: must be at least 0 and leave room for train "
+                             f"(below 1 - test_fraction = {1.0 - test_fraction:g}), got {validation_fraction}")
         self.min_digits, self.max_digits = min_digits, max_digits
         self.rationale_style = rationale
         self.test_fraction = test_fraction
+        self.validation_fraction = validation_fraction
         self._exemplars = self._make_exemplars()
-        self._exemplar_pairs = {(int(e.problem.meta["a"]), int(e.problem.meta["b"])) for e in self._exemplars}
+        self._exemplar_pairs = {_unordered(int(e.problem.meta["a"]), int(e.problem.meta["b"]))
+                                for e in self._exemplars}
 
     # --- data -------------------------------------------------------------------------
     def _problem(self, a: int, b: int, split: str) -> Problem:
@@ -107,8 +134,11 @@ class ArithmeticTask(Task):
                        meta={"a": a, "b": b, "digits": max(len(str(a)), len(str(b)))})
 
     def _split_of(self, a: int, b: int) -> str:
-        h = int(hashlib.sha256(f"{a}+{b}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        return "test" if h < self.test_fraction else "train"
+        lo, hi = _unordered(a, b)  # a model that learned a + b knows b + a: one split for both
+        h = int(hashlib.sha256(f"{lo}+{hi}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        if h < self.test_fraction:
+            return "test"
+        return "validation" if h < self.test_fraction + self.validation_fraction else "train"
 
     def _draw(self, rng: random.Random) -> tuple[int, int]:
         n = rng.randint(self.min_digits, self.max_digits)
@@ -116,8 +146,8 @@ class ArithmeticTask(Task):
         return rng.randint(lo, hi), rng.randint(lo, hi)
 
     def load(self, split: str, limit: int, seed: int) -> list[Problem]:
-        if split not in ("train", "test"):
-            raise ValueError(f"arithmetic has splits 'train' and 'test', not {split!r}")
+        if split not in ("train", "validation", "test"):
+            raise ValueError(f"arithmetic has splits 'train', 'validation' and 'test', not {split!r}")
         space = sum((10 ** n - (0 if n == 1 else 10 ** (n - 1))) ** 2
                     for n in range(self.min_digits, self.max_digits + 1))
         want = limit if limit > 0 else min(space, 10_000)
@@ -128,7 +158,7 @@ class ArithmeticTask(Task):
             if len(problems) >= want:
                 break
             a, b = self._draw(rng)
-            if (a, b) in seen or (a, b) in self._exemplar_pairs or self._split_of(a, b) != split:
+            if (a, b) in seen or _unordered(a, b) in self._exemplar_pairs or self._split_of(a, b) != split:
                 continue
             seen.add((a, b))
             problems.append(self._problem(a, b, split))
@@ -149,6 +179,15 @@ class ArithmeticTask(Task):
     # --- grading ----------------------------------------------------------------------
     def extract_answer(self, completion: str) -> str | None:
         return extract_number_answer(completion)
+
+    def leaks_hint(self, completion: str, answer: str) -> bool:
+        """The hint '(Hint: the answer is 67.)', any part of it, or the answer in parentheses.
+
+        >>> t = ArithmeticTask()
+        >>> t.leaks_hint("The hint says 67.", "67"), t.leaks_hint("45 + 22 = 67. The answer is 67.", "67")
+        (True, False)
+        """
+        return super().leaks_hint(completion, answer) or echoes_number_hint(completion, answer)
 
     def wrong_answers(self, problem: Problem, num: int) -> list[str]:
         """Nearby wrong sums: the slips addition makes (off by one, a lost or extra carry).

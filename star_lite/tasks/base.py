@@ -6,11 +6,26 @@ serves as the RL reward, so every method is judged by the same code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 QUESTION_PREFIX = "Q: "
 ANSWER_PREFIX = "A:"
+
+# A rationale that mentions the hint, or says the answer was handed to it, has not reasoned
+# to the answer; the paper's rationalization is trained "as if found unaided".
+_CITES_HINT = re.compile(r"\bhint(s|ed)?\b|\b(given|told|provided)\s+(that\s+)?the\s+answer\s+(is|was)\b"
+                         r"|\bthe\s+answer\s+(is|was)\s+(given|provided|told)\b", re.IGNORECASE)
+
+
+def cites_hint(completion: str) -> bool:
+    """True when the text talks about a hint or an answer it was given.
+
+    >>> cites_hint("The hint says 67."), cites_hint("45 + 22 = 67. The answer is 67.")
+    (True, False)
+    """
+    return bool(_CITES_HINT.search(completion))
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,9 @@ class Task:
 
     # --- data -------------------------------------------------------------------------
     def load(self, split: str, limit: int, seed: int) -> list[Problem]:
-        """Problems of ``split`` ("train" or "test"); at most ``limit`` (0 = all), chosen by ``seed``."""
+        """Problems of ``split`` ("train", "validation" or "test"); at most ``limit`` (0 = all), chosen
+        by ``seed``. The three splits are disjoint; validation is what early stopping and choosing
+        an iteration look at, so test accuracy is only ever reported."""
         raise NotImplementedError
 
     def exemplars(self) -> list[Exemplar]:
@@ -102,8 +119,24 @@ class Task:
 
     def leaks_hint(self, completion: str, answer: str) -> bool:
         """True when a rationale written with ``answer`` as a hint gives the hint away (echoes it,
-        cites it) instead of reasoning to it; such a rationale is never kept for training."""
-        return False
+        cites it) instead of reasoning to it; such a rationale is never kept for training.
+
+        Stating the answer is not a leak: every rationale ends in it. Echoing the hint's own
+        text, or talking about a hint, is.
+
+        >>> t = Task()
+        >>> t.leaks_hint("(Hint: the answer is 67.) The answer is 67.", "67")
+        True
+        >>> t.leaks_hint("45 + 22 = 67. The answer is 67.", "67")
+        False
+        """
+        if not isinstance(completion, str):
+            return False
+        try:  # the hint as this task writes it, after an empty question
+            marker = self.format_hint(Problem("", "", answer), answer).strip()
+        except Exception:  # a format_hint that needs problem.meta: the task overrides leaks_hint
+            marker = ""
+        return bool(marker and marker in completion) or cites_hint(completion)
 
     def wrong_answers(self, problem: Problem, num: int) -> list[str]:
         """Up to ``num`` plausible wrong answers, to condition rationales on (self-motivated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,20 @@ def choose(items: list, limit: int, seed: int) -> list:
         return list(items)
     idx = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in idx]
+
+
+def carved_for_validation(key: str, fraction: float) -> bool:
+    """Whether the training row with this ``key`` (its question) is held out as validation.
+
+    A hash of the text, not of the row's position or the seed: the validation set stays the same
+    whatever ``num_train``, seed or row order, and never meets the training problems.
+
+    >>> carved_for_validation("q0?", 0.1), carved_for_validation("q0?", 1.0)
+    (False, True)
+    """
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def check_validation_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"task.options.validation_fraction: must be at least 0 and below 1, got {fraction}")

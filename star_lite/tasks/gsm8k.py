@@ -1,13 +1,16 @@
 """GSM8K grade-school math (schema of `openai/gsm8k`, config `main`).
 
 Fields: ``question``; ``answer`` whose gold number follows ``#### `` at its end.
+GSM8K has no validation split: ``validation`` is carved from ``train`` (``validation_fraction``
+of its questions, by a hash of the text), and those questions are never loaded as ``train``.
 """
 
 from __future__ import annotations
 
-from .arithmetic import extract_number_answer, parse_int
+from .arithmetic import echoes_number_hint, extract_number_answer, parse_int
 from .base import Exemplar, Problem, Task
-from .datafiles import DataError, choose, load_rows, require_fields
+from .datafiles import (DataError, carved_for_validation, check_validation_fraction, choose, load_rows,
+                        require_fields)
 
 # Worked examples written for star_lite in GSM8K's style (not taken from the dataset).
 _EXEMPLARS = [
@@ -47,18 +50,24 @@ class GSM8KTask(Task):
     name = "gsm8k"
 
     def __init__(self, source: str = "openai/gsm8k", config_name: str | None = "main",
-                 data_files: dict[str, str] | None = None):
+                 data_files: dict[str, str] | None = None, validation_fraction: float = 0.1):
+        check_validation_fraction(validation_fraction)
         self.source, self.config_name, self.data_files = source, config_name, data_files
+        self.validation_fraction = validation_fraction
 
     def load(self, split: str, limit: int, seed: int) -> list[Problem]:
-        rows, where = load_rows(self.source, split, self.config_name, self.data_files)
+        carved = split in ("train", "validation")
+        rows, where = load_rows(self.source, "train" if carved else split, self.config_name, self.data_files)
         problems = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows):  # ids keep the row's index in its file
             require_fields(row, ("question", "answer"), where, i)
             gold = gold_answer(str(row["answer"]))
             if gold is None:
                 raise DataError(f"{where}: row {i} field 'answer' has no '#### <number>' at its end")
-            problems.append(Problem(id=f"{split}-{i}", question=str(row["question"]).strip(), answer=gold))
+            question = str(row["question"]).strip()
+            if carved and carved_for_validation(question, self.validation_fraction) != (split == "validation"):
+                continue
+            problems.append(Problem(id=f"{split}-{i}", question=question, answer=gold))
         return choose(problems, limit, seed)
 
     def exemplars(self) -> list[Exemplar]:
@@ -66,6 +75,10 @@ class GSM8KTask(Task):
 
     def format_hint(self, problem: Problem, answer: str | None = None) -> str:
         return f"{problem.question} ({problem.answer if answer is None else answer})"  # as the STaR reference code: answer in parentheses
+
+    def leaks_hint(self, completion: str, answer: str) -> bool:
+        """The hint is the answer in parentheses after the question: '(67)' gives it away."""
+        return super().leaks_hint(completion, answer) or echoes_number_hint(completion, answer)
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_number_answer(completion)
