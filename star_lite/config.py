@@ -184,6 +184,11 @@ RESUMABLE_KEYS = {
     "run.output_dir",
     "run.budget_tokens",
     "run.budget_seconds",
+    # which methods and seeds a comparison lists, and its reference, do not change what one
+    # method's run means: a seed or method added later (or one seed run per process) resumes
+    "compare.methods",
+    "compare.seeds",
+    "compare.reference",
 }
 
 _RANGES = {  # field -> (minimum, maximum or None)
