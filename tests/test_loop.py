@@ -366,4 +366,5 @@ def test_validation_is_evaluated_and_stops_the_loop_when_it_stops_rising(tiny_mo
 
     from star_lite.report import plot_accuracy, write_report
     assert "Best iteration by validation accuracy: 1 " in write_report(tmp_path).read_text()
-    assert list(plot_accuracy(tmp_path).axes[0].lines[1].get_ydata()) == [0.25, 0.5, 0.5]
+    validation_line = [ln for ln in plot_accuracy(tmp_path).axes[0].lines if ln.get_label().startswith("validation")]
+    assert list(validation_line[0].get_ydata()) == [0.25, 0.5, 0.5]
