@@ -55,14 +55,17 @@ def build_task(cfg: Config) -> tuple[Task, list[Problem], list[Problem]]:
 
 
 def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
-                      hint: bool, few_shot: bool, cache: Path, num_samples: int = 1) -> list[dict[str, Any]]:
+                      hint: bool, few_shot: bool, cache: Path, num_samples: int = 1,
+                      hint_answers: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """``num_samples`` rationales per problem (hint: the rationalization prompt), in problem order.
 
+    ``hint_answers`` (with ``hint``) asks instead for one rationale per listed answer, each hinted
+    with that answer (self-motivated learning conditions on the gold answer and on wrong ones).
     Saved per batch to ``cache``, so an interrupted iteration does not sample again what it has.
     """
     phase = "rationalization" if hint else "rationale"
     done = {(r["id"], r.get("sample", 0)): r for r in read_jsonl(cache) if r["phase"] == phase}
-    wanted = [(p, j) for p in problems for j in range(num_samples)]
+    wanted = [(p, j) for p in problems for j in range(len(hint_answers[p.id]) if hint_answers else num_samples)]
     todo = [(p, j) for p, j in wanted if (p.id, j) not in done]
     num_shots = cfg.task.num_few_shot if (few_shot or hint) else 0  # hints are taught by example
 
@@ -74,12 +77,14 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
             rows.append({"id": p.id, "sample": j, "phase": phase, "question": p.question, "gold": p.answer,
                          "completion": task.remove_hint(text) if hint else text,
                          "answer": task.extract_answer(text), "correct": task.is_correct(text, p),
-                         "tokens": g.num_tokens})
+                         "tokens": g.num_tokens,
+                         **({"hint_answer": hint_answers[p.id][j]} if hint_answers else {})})
         append_jsonl(cache, rows)
         done.update(((r["id"], r["sample"]), r) for r in rows)
 
     if todo:
-        prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots) for p, _ in todo]
+        prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots,
+                               hint_answer=hint_answers[p.id][j] if hint_answers else None) for p, j in todo]
         generator(cfg)(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
                        max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
                        top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=phase, on_batch=save)
