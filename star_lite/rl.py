@@ -199,7 +199,7 @@ def make_reward(task: Task, problems: dict[str, Problem], *, reward_model=None, 
     >>> from star_lite.tasks import load_task
     >>> t = load_task("arithmetic", min_digits=1, max_digits=1)
     >>> p = Problem("a", "What is 3 + 4?", "7")
-    >>> make_reward(t, {"a": p})(["Q"] * 2, [" The answer is 7.\n\nQ:", " The answer is 8."], id=["a", "a"])
+    >>> make_reward(t, {"a": p})(["Q"] * 2, [" The answer is 7.\\n\\nQ:", " The answer is 8."], id=["a", "a"])
     [1.0, 0.0]
     """
 
@@ -308,6 +308,10 @@ def check_trl_options(cfg: Config) -> None:
     from .config import ConfigError
 
     fields = sorted(f.name for f in dataclasses.fields(GRPOConfig))
+    if cfg.rl.trl_options.get("mask_truncated_completions"):
+        raise ConfigError("rl.trl_options.mask_truncated_completions: rollouts end at the task's stop strings, "
+                          "which TRL cannot tell from a cut at rl.max_completion_length, so it would mask nearly "
+                          "every rollout; leave it out")
     for key in cfg.rl.trl_options:
         if key in _GRPO_OWN_KEYS:
             raise ConfigError(f"rl.trl_options.{key}: star_lite sets GRPOConfig's {key} from "

@@ -71,6 +71,35 @@ def test_rollout_tokens_after_the_stop_get_no_loss_and_are_not_counted(tiny_mode
         assert r["reward_model"] is None and r["reward"] == r["grader"]
 
 
+class StopsAtE(ArithmeticTask):
+    stop_strings = ("e",)  # in many tokens, so a random model meets it within a few
+
+
+def test_rollout_generation_ends_when_every_rollout_has_stopped(tiny_model_dir, tmp_path, monkeypatch):
+    import trl
+
+    cfg = _rl_config(tiny_model_dir, tmp_path, max_completion_length=48)
+    tok = load_tokenizer(cfg.model.name_or_path)
+    task = StopsAtE(1, 1)
+    problems = task.load("train", 2, 0)
+    generated = []
+    original = trl.GRPOTrainer._generate_single_turn
+
+    def record(self, *args, **kwargs):
+        ids, logprobs = original(self, *args, **kwargs)
+        generated.extend(ids)
+        return ids, logprobs
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", record)
+    counter: dict[str, int] = {}
+    policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
+    train_rl(policy, tok, task, problems, make_reward(task, {p.id: p for p in problems}, counter=counter), cfg,
+             tmp_path, counter=counter)
+    assert all("e" in tok.decode(ids) for ids in generated)
+    assert max(len(ids) for ids in generated) < 48  # generate stopped, not ran to the cap and was cut after
+    assert counter["tokens"] <= sum(len(ids) for ids in generated)
+
+
 def test_rl_completion_length_defaults_to_the_sampling_length(tiny_model_dir, tmp_path):
     cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path))
     assert grpo_args(cfg, tmp_path)["max_completion_length"] == cfg.sampling.max_new_tokens == 8
