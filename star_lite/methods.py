@@ -176,7 +176,7 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
 
     # --- reward model on right-over-wrong pairs of the same question -------------------------
     t0, rl_dir = time.time(), rundir.iter_dir(2)
-    pairs = preference_pairs(task, train, [s for s in read_jsonl(sft_dir / "samples.jsonl") if not s["leaked"]])
+    pairs = preference_pairs(task, train, [s for s in read_jsonl(sft_dir / "samples.jsonl") if not s.get("leaked")])
     train_pairs, held_pairs = split_pairs(pairs, cfg.rl.heldout_fraction, cfg.run.seed)
     write_jsonl(rl_dir / "pairs.jsonl", [dict(p, heldout=p in held_pairs) for p in pairs])
     init = sft_dir / "adapter" if cfg.rl.reward_model_init == "sft" else None
