@@ -114,21 +114,32 @@ class RestEMConfig:
 
 @dataclass
 class RLConfig:
-    samples_per_problem: int = 4  # self-motivated: rationales per problem, to get right and wrong ones
-    temperature: float = 0.7  # for those rationales
+    # --- self-motivated learning: rationales conditioned on the gold answer and on wrong ones
+    wrong_answers_per_problem: int = 2  # wrong answers to write a rationale for, per question: 2 gives each
+    #   question two right-over-wrong pairs at 3 rationales' cost, and leaves one candidate to spare when
+    #   a rationale is dropped for leaking its hint; CommonsenseQA has 4 wrong choices, arithmetic 8 slips
+    samples_per_problem: int = 4  # free samples per question, only for tasks with no wrong_answers (GSM8K,
+    #   user tasks): the model's own wrong answers among them become the wrong candidates
+    temperature: float = 0.7  # of the free samples and the answer-conditioned rationales
+    reward_model_init: str = "sft"  # sft: the reward model starts from the SFT adapter's weights (as InstructGPT
+    #   and the paper's RLHF recipe do): it already reads the task's rationales, so a few hundred pairs go
+    #   further than from the base; base: a fresh adapter on the base model
     reward_steps: int = 40  # reward model (RewardTrainer) steps
     reward_learning_rate: float = 1e-4
     reward_batch_size: int = 8
     heldout_fraction: float = 0.2  # questions whose pairs measure the reward model's pairwise accuracy
+    # --- RL (GRPOTrainer): self-motivated from the SFT adapter, grpo from the base
     steps: int = 20  # RL (GRPOTrainer) steps
     learning_rate: float = 1e-5
     num_generations: int = 4  # completions per prompt (GRPO's group)
     batch_size: int = 8  # completions per step; a multiple of num_generations
     generation_temperature: float = 1.0
-    max_completion_length: int = 64
-    beta: float = 0.0  # KL coefficient (TRL's default: no reference model)
+    max_completion_length: int = 0  # 0 = sampling.max_new_tokens: rollouts get the room the task's rationales get
+    beta: float = 0.04  # KL penalty to the starting policy (self-motivated: the SFT adapter; grpo: the base),
+    #   TRL's former default: guards against reward hacking of an imperfect reward model
     reward_model_weight: float = 1.0  # self-motivated reward = w_rm * reward model + w_task * correctness
-    correctness_weight: float = 0.0
+    correctness_weight: float = 1.0  # the grader beside the reward model, so a hacked reward model score
+    #   cannot outweigh a wrong answer
     trl_options: dict[str, Any] = field(default_factory=dict)  # passed to TRL's GRPOConfig, e.g. use_vllm: true
 
 
@@ -223,21 +234,26 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "rest_em.samples_per_problem": (1, None),
     "rest_em.temperature": (0.0, None),
     "rest_em.max_kept_per_problem": (0, None),
-    "rl.samples_per_problem": (2, None),
+    "rl.wrong_answers_per_problem": (1, None),
+    "rl.samples_per_problem": (1, None),
+    "rl.temperature": (0.0, None),
     "rl.reward_steps": (1, None),
     "rl.reward_batch_size": (1, None),
     "rl.heldout_fraction": (0.0, 0.9),
     "rl.steps": (1, None),
     "rl.num_generations": (2, None),
     "rl.batch_size": (2, None),
-    "rl.max_completion_length": (1, None),
+    "rl.max_completion_length": (0, None),
     "rl.beta": (0.0, None),
+    "rl.reward_model_weight": (0.0, None),
+    "rl.correctness_weight": (0.0, None),
     "model.lora_dropout": (0.0, 1.0),
 }
 _CHOICES = {
     "model.compute_dtype": {"auto", "float32", "bfloat16", "float16"},
     "model.device": {"auto", "cpu", "cuda"},
     "sampling.backend": {"hf", "vllm"},
+    "rl.reward_model_init": {"base", "sft"},
 }
 
 

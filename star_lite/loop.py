@@ -121,9 +121,12 @@ class Budget:
 
 def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
                       hint: bool, few_shot: bool, cache: Path, num_samples: int = 1,
-                      budget: Budget | None = None) -> list[dict[str, Any]]:
+                      budget: Budget | None = None,
+                      hint_answers: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """``num_samples`` rationales per problem (hint: the rationalization prompt), in problem order.
 
+    ``hint_answers`` (with ``hint``) asks instead for one rationale per listed answer, each hinted
+    with that answer (self-motivated learning conditions on the gold answer and on wrong ones).
     Saved per batch to ``cache``, so an interrupted iteration does not sample again what it has.
     A rationalization is graded on what is saved (the hint removed); one that gives the hint
     away is marked ``rejected: "hint"`` and never kept. With a ``budget``, sampling stops after
@@ -131,7 +134,7 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
     """
     phase = "rationalization" if hint else "rationale"
     done = {(r["id"], r.get("sample", 0)): r for r in read_jsonl(cache) if r["phase"] == phase}
-    wanted = [(p, j) for p in problems for j in range(num_samples)]
+    wanted = [(p, j) for p in problems for j in range(len(hint_answers[p.id]) if hint_answers else num_samples)]
     todo = [(p, j) for p, j in wanted if (p.id, j) not in done]
     num_shots = cfg.task.num_few_shot if (few_shot or hint) else 0  # hints are taught by example
 
@@ -141,10 +144,11 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
             p, j = todo[i]
             text = task.clean_completion(g.text)
             saved = task.remove_hint(text) if hint else text
+            hinted = hint_answers[p.id][j] if hint_answers else p.answer
             row = {"id": p.id, "sample": j, "phase": phase, "question": p.question, "gold": p.answer,
                    "completion": saved, "answer": task.extract_answer(saved), "correct": task.is_correct(saved, p),
-                   "tokens": g.num_tokens}
-            if hint and task.leaks_hint(text, p.answer):  # the raw text: remove_hint may hide the echo
+                   "tokens": g.num_tokens, **({"hint_answer": hinted} if hint_answers else {})}
+            if hint and task.leaks_hint(text, hinted):  # the raw text: remove_hint may hide the echo
                 row["rejected"] = "hint"
             rows.append(row)
         append_jsonl(cache, rows)
@@ -158,7 +162,8 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
     if todo and budget is not None:
         budget.cut = budget.spent()
     if todo and not (budget and budget.cut):
-        prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots) for p, _ in todo]
+        prompts = [task.prompt(p, hint=hint, num_few_shot=num_shots,
+                               hint_answer=hint_answers[p.id][j] if hint_answers else None) for p, j in todo]
         try:
             generator(cfg)(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
                            max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,

@@ -4,7 +4,13 @@ Self-motivated learning ranks the model's own rationales by whether they reach t
 answer: right ones train an SFT adapter; pairs (right preferred over wrong, same question)
 train a reward model with TRL's ``RewardTrainer``; an RL phase from the SFT adapter, with
 TRL's ``GRPOTrainer`` (TRL >= 1 has no PPOTrainer), is rewarded by that reward model,
-optionally mixed with the task's correctness reward. Both trainers use the 4-bit base + LoRA.
+mixed with the task's correctness reward, and held near the SFT policy by a KL penalty
+(TRL keeps a frozen copy of the starting adapter as the reference). Both trainers use the
+4-bit base + LoRA.
+
+Rollouts end at the task's stop strings (the blank line after the answer) or EOS: the tokens
+after the stop are cut from ``completion_ids`` before TRL builds its loss mask and counts tokens,
+so the policy gradient never covers the model's invented next ``Q:`` turn.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import torch
 
 from .config import Config
 from .models import lora_config, resolve_device, resolve_dtype, resolve_model_path, bnb_config
+from .rundir import append_jsonl
+from .stats import wilson
 from .tasks import Problem, Task
-from .training import TrainingError, release_memory, remove_if_empty, save_adapter
+from .training import TrainingError, TrainResult, release_memory, remove_if_empty, save_adapter
 
 
 def preference_pairs(task: Task, problems: list[Problem], samples: list[dict[str, Any]],
@@ -93,33 +101,57 @@ def load_reward_base(cfg: Config, tokenizer):
     return model
 
 
-def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_dir: Path):
-    """Train a LoRA reward model on preference pairs; saves it to ``out_dir/reward_model``."""
+def reward_model_start(cfg: Config, tokenizer, init_adapter: str | Path | None = None):
+    """The reward model before training: the base with a score head and a LoRA adapter, fresh
+    (``init_adapter`` None) or holding the LoRA weights of a causal-LM adapter (the SFT one)."""
+    from peft import TaskType, get_peft_model
+    from safetensors.torch import load_file
+
+    lcfg = lora_config(cfg.model)
+    lcfg.task_type = TaskType.SEQ_CLS  # also trains the new score head (peft's modules_to_save)
+    model = get_peft_model(load_reward_base(cfg, tokenizer), lcfg)
+    if init_adapter is not None:
+        # copied by name: peft's loader expects the score head in the file, and the SFT adapter has none
+        weights = load_file(str(Path(init_adapter) / "adapter_model.safetensors"))
+        lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        saved = {n.replace(".default.", "."): n for n in lora}
+        if set(saved) != set(weights):
+            raise TrainingError(f"the adapter in {init_adapter} does not fit the reward model's LoRA layers "
+                                f"(model.lora_* settings changed?): {sorted(set(saved) ^ set(weights))[:3]}")
+        with torch.no_grad():
+            for key, name in saved.items():
+                lora[name].copy_(weights[key].to(lora[name].dtype))
+    return model
+
+
+def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_dir: Path,
+                       init_adapter: str | Path | None = None):
+    """Train a LoRA reward model on preference pairs, from ``reward_model_start``; saves it to
+    ``out_dir/reward_model``. Returns the model and a ``TrainResult`` (loss, trained tokens)."""
     from datasets import Dataset
-    from peft import TaskType
     from trl import RewardConfig, RewardTrainer
 
     if not pairs:
-        raise TrainingError("no preference pairs: the model never produced both a right and a wrong rationale "
-                            "for one question; raise rl.samples_per_problem or rl.temperature")
-    lcfg = lora_config(cfg.model)
-    lcfg.task_type = TaskType.SEQ_CLS
+        raise TrainingError("no preference pairs: no question got both a right and a wrong rationale; "
+                            "raise rl.wrong_answers_per_problem (or rl.samples_per_problem for tasks without "
+                            "wrong_answers)")
     args = RewardConfig(output_dir=str(out_dir / "reward_trainer"), max_steps=cfg.rl.reward_steps,
                         per_device_train_batch_size=cfg.rl.reward_batch_size,
                         learning_rate=cfg.rl.reward_learning_rate, max_length=cfg.train.max_length,
+                        include_num_input_tokens_seen="non_padding",  # the comparison's cost counts them
                         **_trainer_device_args(cfg))
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    trainer = RewardTrainer(model=load_reward_base(cfg, tokenizer), args=args, train_dataset=data,
-                            processing_class=tokenizer, peft_config=lcfg)
+    trainer = RewardTrainer(model=reward_model_start(cfg, tokenizer, init_adapter), args=args, train_dataset=data,
+                            processing_class=tokenizer)
     match_adapter_dtype(trainer.model, cfg)
     trainer.train()
     model = trainer.model
     save_adapter(model, out_dir / "reward_model")
     remove_if_empty(out_dir / "reward_trainer")
-    history = [h for h in trainer.state.log_history if "loss" in h]
+    result = TrainResult.from_trainer(trainer)
     del trainer
     release_memory()
-    return model.eval(), history
+    return model.eval(), result
 
 
 @torch.no_grad()
@@ -144,30 +176,118 @@ def pairwise_accuracy(model, tokenizer, pairs: list[dict[str, Any]]) -> float | 
     return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
 
 
+def pair_accuracy_summary(model, tokenizer, heldout: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reward model's held-out pairwise accuracy with its number of pairs and 95% Wilson interval
+    (a handful of pairs says little, and the row should show how little)."""
+    acc = pairwise_accuracy(model, tokenizer, heldout)
+    n = len(heldout)
+    low, high = wilson(round(acc * n), n) if n else (None, None)
+    return {"reward_model_pair_accuracy": acc, "reward_model_heldout_pairs": n,
+            "reward_model_pair_ci_low": low, "reward_model_pair_ci_high": high}
+
+
 def make_reward(task: Task, problems: dict[str, Problem], *, reward_model=None, tokenizer=None,
                 reward_model_weight: float = 0.0, correctness_weight: float = 1.0,
-                counter: dict[str, int] | None = None) -> Callable[..., list[float]]:
+                counter: dict[str, int] | None = None, rollouts: Path | None = None) -> Callable[..., list[float]]:
     """A TRL reward function: weighted reward-model score plus the task's correctness (1 or 0).
 
     The completion is cut at the task's stop strings first, so text past the answer is not judged.
+    ``counter["tokens"]`` adds up the completion tokens; ``rollouts`` (a jsonl path) gets a row per
+    completion: ``step`` (optimizer steps taken before it), ``prompt_id``, ``completion``, ``tokens``,
+    ``reward`` and its parts ``reward_model`` and ``grader``.
+
+    >>> from star_lite.tasks import load_task
+    >>> t = load_task("arithmetic", min_digits=1, max_digits=1)
+    >>> p = Problem("a", "What is 3 + 4?", "7")
+    >>> make_reward(t, {"a": p})(["Q"] * 2, [" The answer is 7.\\n\\nQ:", " The answer is 8."], id=["a", "a"])
+    [1.0, 0.0]
     """
 
-    def reward(prompts, completions, id, completion_ids=None, **_):
+    def reward(prompts, completions, id, completion_ids=None, trainer_state=None, **_):
         cleaned = [task.clean_completion(c) for c in completions]
         if counter is not None and completion_ids is not None:
             counter["tokens"] = counter.get("tokens", 0) + sum(len(x) for x in completion_ids)
-        total = [0.0] * len(cleaned)
-        if correctness_weight:
-            for i, (c, pid) in enumerate(zip(cleaned, id)):
-                total[i] += correctness_weight * float(task.is_correct(c, problems[pid]))
+        grader = [float(task.is_correct(c, problems[pid])) for c, pid in zip(cleaned, id)]
+        scores: list[float | None] = [None] * len(cleaned)
         if reward_model_weight and reward_model is not None:
             bare = [task.format_question(problems[pid]) for pid in id]
             scores = reward_scores(reward_model, tokenizer, bare, [task.format_completion(c) for c in cleaned])
-            total = [t + reward_model_weight * s for t, s in zip(total, scores)]
+        total = [correctness_weight * g + (reward_model_weight * s if s is not None else 0.0)
+                 for g, s in zip(grader, scores)]
+        if rollouts is not None:
+            step = trainer_state.global_step if trainer_state is not None else 0
+            append_jsonl(rollouts, [
+                {"step": step, "prompt_id": pid, "completion": c,
+                 "tokens": len(ids) if ids is not None else None, "reward": r, "reward_model": s, "grader": g}
+                for pid, c, ids, r, s, g in zip(id, cleaned, completion_ids or [None] * len(cleaned), total,
+                                                  scores, grader)])
         return total
 
     reward.__name__ = "reward"
     return reward
+
+
+def cut_at_stop(ids: list[int], tokenizer, stop_strings) -> list[int]:
+    """The shortest prefix of ``ids`` whose text holds a stop string: the rollout up to and including
+    the token that completes the stop; all of ``ids`` when none does (it ended at EOS or the cap)."""
+
+    def stopped(n: int) -> bool:
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        return any(s in text for s in stop_strings)
+
+    if not stop_strings or not stopped(len(ids)):
+        return ids
+    lo, hi = 1, len(ids)  # a longer prefix of a stopped one is stopped too: bisect for the first
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if stopped(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return ids[:lo]
+
+
+def _stopping_grpo_trainer():
+    """GRPOTrainer whose rollouts end at the task's stop strings (a class made on first use, so that
+    importing this module does not import TRL)."""
+    import contextlib
+    import functools
+
+    from trl import GRPOTrainer
+
+    @contextlib.contextmanager
+    def stop_strings_in_generate(model, tokenizer, stop_strings):
+        # TRL calls model.generate without the tokenizer transformers needs to watch for stop strings,
+        # so hand both to this one call; a batch then ends when all its rollouts have stopped.
+        own = model.__dict__.get("generate")  # a generate set on the instance (transformers' custom_generate)
+        model.generate = functools.partial(model.generate, stop_strings=list(stop_strings), tokenizer=tokenizer)
+        try:
+            yield
+        finally:
+            if own is None:
+                del model.generate  # back to the class's method
+            else:
+                model.generate = own
+
+    class StoppingGRPOTrainer(GRPOTrainer):
+        def __init__(self, *args, stop_strings=(), **kwargs):
+            super().__init__(*args, **kwargs)
+            self.stop_strings = tuple(stop_strings)
+
+        def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+            # Cut here, before TRL builds completion_mask and counts tokens from these lists: tokens past
+            # the stop then get no loss, no KL and no count, whatever backend generated them (vLLM too).
+            early = self.stop_strings and not self.use_vllm and not self.use_transformers_continuous_batching
+            unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
+            with stop_strings_in_generate(unwrapped, self._tokenizer, self.stop_strings) if early \
+                    else contextlib.nullcontext():
+                completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            completion_ids = [cut_at_stop(ids, self._tokenizer, self.stop_strings) for ids in completion_ids]
+            if logprobs is not None:
+                logprobs = [lp[:len(ids)] for lp, ids in zip(logprobs, completion_ids)]
+            return completion_ids, logprobs
+
+    return StoppingGRPOTrainer
 
 
 # GRPOConfig fields star_lite sets from its own keys; rl.trl_options may not set them a second time
@@ -188,6 +308,10 @@ def check_trl_options(cfg: Config) -> None:
     from .config import ConfigError
 
     fields = sorted(f.name for f in dataclasses.fields(GRPOConfig))
+    if cfg.rl.trl_options.get("mask_truncated_completions"):
+        raise ConfigError("rl.trl_options.mask_truncated_completions: rollouts end at the task's stop strings, "
+                          "which TRL cannot tell from a cut at rl.max_completion_length, so it would mask nearly "
+                          "every rollout; leave it out")
     for key in cfg.rl.trl_options:
         if key in _GRPO_OWN_KEYS:
             raise ConfigError(f"rl.trl_options.{key}: star_lite sets GRPOConfig's {key} from "
@@ -205,8 +329,18 @@ def grpo_args(cfg: Config, output_dir: Path) -> dict[str, Any]:
     return {"output_dir": str(output_dir), "max_steps": cfg.rl.steps,
             "per_device_train_batch_size": cfg.rl.batch_size, "num_generations": cfg.rl.num_generations,
             "learning_rate": cfg.rl.learning_rate, "beta": cfg.rl.beta,
-            "temperature": cfg.rl.generation_temperature, "max_completion_length": cfg.rl.max_completion_length,
+            "temperature": cfg.rl.generation_temperature, "max_completion_length": max_completion_length(cfg),
             **_trainer_device_args(cfg), **cfg.rl.trl_options}
+
+
+def max_completion_length(cfg: Config) -> int:
+    """``rl.max_completion_length``, where 0 means the task's sampling length (GSM8K needs 256, not 64).
+
+    >>> from star_lite.config import from_dict
+    >>> max_completion_length(from_dict({"sampling": {"max_new_tokens": 256}}))
+    256
+    """
+    return cfg.rl.max_completion_length or cfg.sampling.max_new_tokens
 
 
 def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, cfg: Config, out_dir: Path,
@@ -214,13 +348,17 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
              counter: dict[str, int] | None = None):
     """RL with TRL's GRPOTrainer on the policy's LoRA adapter; saves it to ``out_dir/adapter``.
 
-    Training stops early once ``budget_tokens`` completion tokens were generated or
-    ``budget_seconds`` passed (0 = no limit), so RL methods stop at the same cost as the others.
+    With ``rl.beta`` > 0 TRL copies the policy's adapter, as it is now, into a frozen "ref" adapter
+    and takes the KL reference from it: from the SFT adapter that is the SFT policy, from a fresh
+    adapter (B = 0) the base. Training stops early once ``budget_tokens`` completion tokens were
+    generated or ``budget_seconds`` passed (0 = no limit), so RL methods stop at the same cost as
+    the others. Returns the model and a ``TrainResult`` (its history holds the rows with a reward;
+    trained tokens: prompt + completion tokens of every rollout trained on).
     """
     import time
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     deadline = time.time() + budget_seconds if budget_seconds else None
 
@@ -233,17 +371,20 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
 
     args = GRPOConfig(**grpo_args(cfg, out_dir / "rl_trainer"))
     data = Dataset.from_list([{"prompt": task.prompt(p, num_few_shot=num_few_shot), "id": p.id} for p in problems])
-    trainer = GRPOTrainer(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=data,
-                          processing_class=tokenizer, callbacks=[StopAtBudget()])
+    trainer = _stopping_grpo_trainer()(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=data,
+                                       processing_class=tokenizer, callbacks=[StopAtBudget()],
+                                       stop_strings=task.stop_strings)
     match_adapter_dtype(trainer.model, cfg)
     trainer.train()
-    history = [h for h in trainer.state.log_history if "reward" in h]
+    result = TrainResult.from_trainer(trainer, key="reward")
     model = trainer.model
+    if "ref" in model.peft_config:  # TRL's frozen reference: not part of the trained policy
+        model.delete_adapter("ref")
     save_adapter(model, out_dir / "adapter")
     remove_if_empty(out_dir / "rl_trainer")
     del trainer
     release_memory()
-    return model.eval(), history
+    return model.eval(), result
 
 
 def load_reward_model(cfg: Config, tokenizer, path: str | Path):

@@ -10,8 +10,10 @@ from star_lite.config import METHODS, ConfigError, from_dict
 from star_lite.evaluation import majority_answer, pass_at_k, score_k
 from star_lite.methods import method_config
 from star_lite.models import load_tokenizer
-from star_lite.rl import load_reward_base, pairwise_accuracy, preference_pairs, split_pairs, train_reward_model
+from star_lite.rl import (load_reward_base, make_reward, pairwise_accuracy, preference_pairs, reward_scores,
+                          split_pairs, train_reward_model)
 from star_lite.rundir import read_jsonl
+from star_lite.stats import wilson
 from star_lite.tasks import ArithmeticTask, Problem
 
 from conftest import tiny_config_dict
@@ -21,9 +23,8 @@ def _compare_config(model_dir, out, **extra):
     data = tiny_config_dict(model_dir, out / "unused", **extra)
     data["compare"] = {"methods": list(METHODS), "output_dir": str(out)}
     data["rest_em"] = {"samples_per_problem": 3, "max_kept_per_problem": 2}
-    data["rl"] = {"samples_per_problem": 3, "reward_steps": 3, "reward_batch_size": 4, "steps": 2,
-                  "num_generations": 2, "batch_size": 4, "max_completion_length": 6, "learning_rate": 1e-3,
-                  "correctness_weight": 0.5}
+    data["rl"] = {"wrong_answers_per_problem": 2, "reward_steps": 3, "reward_batch_size": 4, "steps": 2,
+                  "num_generations": 2, "batch_size": 4, "learning_rate": 1e-3, "correctness_weight": 0.5}
     data["star"] = {"iterations": 2}
     return data
 
@@ -75,11 +76,26 @@ def test_rest_em_samples_many_and_caps_kept_per_problem(finished_compare):
 
 
 def test_self_motivated_logs_reward_model_and_rl(finished_compare):
-    out, _ = finished_compare
+    out, cfg = finished_compare
     rows = read_jsonl(out / "self-motivated" / "metrics.jsonl")
     assert [r["stage"] for r in rows] == ["few-shot", "sft", "rl"]
     rl = rows[2]
     assert rl["reward_model_pairs"] > 0 and rl["rl_reward_last"] is not None and rl["generated_tokens"] > 0
+    # the reward model's held-out accuracy with its count and interval; what training cost
+    n, acc = rl["reward_model_heldout_pairs"], rl["reward_model_pair_accuracy"]
+    assert n > 0 and (rl["reward_model_pair_ci_low"], rl["reward_model_pair_ci_high"]) == wilson(round(acc * n), n)
+    assert rl["trained_tokens"] > rl["generated_tokens"] and rl["reward_model_trained_tokens"] > 0
+    assert rl["rl_kl_last"] is not None  # the KL penalty is on by default
+    # rationales for the gold answer and two wrong ones, per question
+    samples = read_jsonl(out / "self-motivated" / "iter_001" / "samples.jsonl")
+    assert len(samples) == 3 * cfg.task.num_train and all("hint_answer" in s for s in samples)
+    assert rows[1]["generated_tokens"] == sum(s["tokens"] for s in samples)
+    for method, it in (("self-motivated", 2), ("grpo", 1)):
+        rollouts = read_jsonl(out / method / f"iter_{it:03d}" / "rollouts.jsonl")
+        row = read_jsonl(out / method / "metrics.jsonl")[it]
+        assert sum(r["tokens"] for r in rollouts) == row["generated_tokens"]
+        assert max(r["tokens"] for r in rollouts) <= cfg.sampling.max_new_tokens  # rl.max_completion_length: 0
+        assert {r["step"] for r in rollouts} == set(range(row["rl_steps"]))
     sft_adapter = out / "self-motivated" / "iter_001" / "adapter" / "adapter_model.safetensors"
     rl_adapter = out / "self-motivated" / "iter_002" / "adapter" / "adapter_model.safetensors"
     from safetensors.torch import load_file
@@ -102,16 +118,32 @@ def test_plot_values_match_the_table(finished_compare):
 
 def test_reward_model_ranks_right_above_wrong_after_training(tiny_model_dir, tmp_path):
     cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path), [
-        "rl.reward_steps=40", "rl.reward_learning_rate=0.02", "rl.reward_batch_size=8"])
+        "rl.reward_steps=30", "rl.reward_learning_rate=0.01", "rl.reward_batch_size=8"])
     tok = load_tokenizer(cfg.model.name_or_path)
-    pairs = [{"prompt": f"Q: What is {i} + {j}?\nA:", "chosen": f" {i} + {j} = {i + j}. The answer is right.",
-              "rejected": f" {i} + {j} = {i + j + 1}. The answer is wrong."} for i in range(6) for j in range(4)]
-    train, held = pairs[:18], pairs[18:]
-    before = pairwise_accuracy(load_reward_base(cfg, tok), tok, held)
-    model, history = train_reward_model(cfg, tok, train, tmp_path)
-    after = pairwise_accuracy(model, tok, held)
-    assert after == 1.0, (before, after, history[-3:])
+    # the pairs differ only in whether the sum is right
+    pairs = [{"prompt": f"Q: What is {i} + {j}?\nA:", "chosen": f" {i} + {j} = {i + j}. The answer is {i + j}.",
+              "rejected": f" {i} + {j} = {i + j + 1}. The answer is {i + j + 1}."} for i in range(4) for j in range(2)]
+    before = pairwise_accuracy(load_reward_base(cfg, tok), tok, pairs)
+    model, trained = train_reward_model(cfg, tok, pairs, tmp_path)
+    after = pairwise_accuracy(model, tok, pairs)
+    assert after == 1.0, (before, after, trained.history[-3:])
+    assert trained.trained_tokens > 0
     assert (tmp_path / "reward_model" / "adapter_config.json").is_file()
+
+
+def test_rl_reward_is_the_reward_model_score_without_the_grader(tiny_model_dir, tmp_path):
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path), ["rl.correctness_weight=0"])
+    tok = load_tokenizer(cfg.model.name_or_path)
+    task = ArithmeticTask(1, 1)
+    problems = task.load("train", 3, 0)
+    completions = [" 1 + 2 = 3. The answer is 3.\n\nQ: What", " The answer is 4.", " no idea"]
+    rm = load_reward_base(cfg, tok).eval()
+    reward = make_reward(task, {p.id: p for p in problems}, reward_model=rm, tokenizer=tok,
+                         reward_model_weight=cfg.rl.reward_model_weight, correctness_weight=cfg.rl.correctness_weight)
+    got = reward([task.prompt(p) for p in problems], completions, id=[p.id for p in problems])
+    want = reward_scores(rm, tok, [task.format_question(p) for p in problems],
+                         [task.format_completion(task.clean_completion(c)) for c in completions])
+    assert got == pytest.approx(want)
 
 
 def test_preference_pairs_and_split_by_question():
