@@ -21,7 +21,7 @@ from conftest import tiny_config_dict
 
 def _compare_config(model_dir, out, **extra):
     data = tiny_config_dict(model_dir, out / "unused", **extra)
-    data["compare"] = {"methods": list(METHODS), "output_dir": str(out)}
+    data["compare"] = {"methods": list(METHODS), "output_dir": str(out), "seeds": [0]}
     data["rest_em"] = {"samples_per_problem": 3, "max_kept_per_problem": 2}
     data["rl"] = {"wrong_answers_per_problem": 2, "reward_steps": 3, "reward_batch_size": 4, "steps": 2,
                   "num_generations": 2, "batch_size": 4, "learning_rate": 1e-3, "correctness_weight": 0.5}
@@ -48,36 +48,39 @@ def test_every_method_runs_and_the_comparison_has_a_row_per_method_and_iteration
     expected = {"few-shot": [0], "sft-direct": [0, 1], "star": [0, 1, 2], "star-no-rationalization": [0, 1, 2],
                 "rest-em": [0, 1, 2], "self-motivated": [0, 1, 2], "grpo": [0, 1]}
     for method, its in expected.items():
-        metrics = read_jsonl(out / method / "metrics.jsonl")
+        metrics = read_jsonl(out / "seed_0" / method / "metrics.jsonl")
         assert [r["iteration"] for r in metrics] == its, method
         assert [int(r["iteration"]) for r in table if r["method"] == method] == its
         assert [float(r["accuracy"]) for r in table if r["method"] == method] == \
             [round(r["accuracy"], 4) for r in metrics]
-    assert (out / "comparison.md").read_text().count("\n") == len(table) + 2
-    for name in ("accuracy_by_iteration.png", "accuracy_by_tokens.png"):
+    every_stage = (out / "comparison.md").read_text().split("## Every stage")[1]
+    assert every_stage.count("\n| ") == len(table) + 1  # header and one line per row
+    for name in ("accuracy_by_iteration.png", "accuracy_by_tokens.png", "accuracy_by_cost.png",
+                 "accuracy_by_seconds.png"):
         assert (out / name).stat().st_size > 1000
-    # every method saw the same held-out problems, judged by the same grader
-    questions = {m: [r["question"] for r in read_jsonl(out / m / "iter_000" / "eval.jsonl")] for m in expected}
-    assert len({tuple(q) for q in questions.values()}) == 1
+    # every trained method was evaluated on the same held-out problems, at its last stage too
+    ids = {m: [r["id"] for r in read_jsonl(out / "seed_0" / m / f"iter_{its[-1]:03d}" / "eval.jsonl")]
+           for m, its in expected.items() if its[-1] > 0}
+    assert len({tuple(v) for v in ids.values()}) == 1 and len(next(iter(ids.values()))) == cfg.task.num_test
 
 
 def test_rest_em_samples_many_and_caps_kept_per_problem(finished_compare):
     out, cfg = finished_compare
-    samples = read_jsonl(out / "rest-em" / "iter_001" / "samples.jsonl")
+    samples = read_jsonl(out / "seed_0" / "rest-em" / "iter_001" / "samples.jsonl")
     assert {s["phase"] for s in samples} == {"rationale"}  # no rationalization
     assert len(samples) == 3 * cfg.task.num_train
-    kept = read_jsonl(out / "rest-em" / "iter_001" / "train.jsonl")
+    kept = read_jsonl(out / "seed_0" / "rest-em" / "iter_001" / "train.jsonl")
     per_problem = {}
     for k in kept:
         per_problem[k["id"]] = per_problem.get(k["id"], 0) + 1
     assert max(per_problem.values()) <= 2
-    saved = read_jsonl(out / "star-no-rationalization" / "iter_001" / "samples.jsonl")
+    saved = read_jsonl(out / "seed_0" / "star-no-rationalization" / "iter_001" / "samples.jsonl")
     assert {s["phase"] for s in saved} == {"rationale"}
 
 
 def test_self_motivated_logs_reward_model_and_rl(finished_compare):
     out, cfg = finished_compare
-    rows = read_jsonl(out / "self-motivated" / "metrics.jsonl")
+    rows = read_jsonl(out / "seed_0" / "self-motivated" / "metrics.jsonl")
     assert [r["stage"] for r in rows] == ["few-shot", "sft", "rl"]
     rl = rows[2]
     assert rl["reward_model_pairs"] > 0 and rl["rl_reward_last"] is not None and rl["generated_tokens"] > 0
@@ -87,31 +90,31 @@ def test_self_motivated_logs_reward_model_and_rl(finished_compare):
     assert rl["trained_tokens"] > rl["generated_tokens"] and rl["reward_model_trained_tokens"] > 0
     assert rl["rl_kl_last"] is not None  # the KL penalty is on by default
     # rationales for the gold answer and two wrong ones, per question
-    samples = read_jsonl(out / "self-motivated" / "iter_001" / "samples.jsonl")
+    samples = read_jsonl(out / "seed_0" / "self-motivated" / "iter_001" / "samples.jsonl")
     assert len(samples) == 3 * cfg.task.num_train and all("hint_answer" in s for s in samples)
     assert rows[1]["generated_tokens"] == sum(s["tokens"] for s in samples)
     for method, it in (("self-motivated", 2), ("grpo", 1)):
-        rollouts = read_jsonl(out / method / f"iter_{it:03d}" / "rollouts.jsonl")
-        row = read_jsonl(out / method / "metrics.jsonl")[it]
+        rollouts = read_jsonl(out / "seed_0" / method / f"iter_{it:03d}" / "rollouts.jsonl")
+        row = read_jsonl(out / "seed_0" / method / "metrics.jsonl")[it]
         assert sum(r["tokens"] for r in rollouts) == row["generated_tokens"]
         assert max(r["tokens"] for r in rollouts) <= cfg.sampling.max_new_tokens  # rl.max_completion_length: 0
         assert {r["step"] for r in rollouts} == set(range(row["rl_steps"]))
-    sft_adapter = out / "self-motivated" / "iter_001" / "adapter" / "adapter_model.safetensors"
-    rl_adapter = out / "self-motivated" / "iter_002" / "adapter" / "adapter_model.safetensors"
+    sft_adapter = out / "seed_0" / "self-motivated" / "iter_001" / "adapter" / "adapter_model.safetensors"
+    rl_adapter = out / "seed_0" / "self-motivated" / "iter_002" / "adapter" / "adapter_model.safetensors"
     from safetensors.torch import load_file
 
     a, b = load_file(sft_adapter), load_file(rl_adapter)
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a), "RL did not change the adapter"
-    grpo = read_jsonl(out / "grpo" / "metrics.jsonl")[-1]
+    grpo = read_jsonl(out / "seed_0" / "grpo" / "metrics.jsonl")[-1]
     assert grpo["stage"] == "rl" and grpo["rl_reward_first"] is not None
 
 
 def test_plot_values_match_the_table(finished_compare):
     out, cfg = finished_compare
-    rows = comparison_rows(out, cfg.compare.methods)
+    rows = comparison_rows(cfg)
     fig = plot_comparison(rows, "cumulative_generated_tokens")
-    line = fig.axes[0].lines[list(cfg.compare.methods).index("star")]
-    star = [r for r in rows if r["method"] == "star"]
+    line = fig.axes[0].containers[list(cfg.compare.methods).index("star")].lines[0]
+    star = [r for r in rows if r["method"] == "star"]  # one seed: the mean is the seed's value
     assert list(line.get_xdata()) == [r["cumulative_generated_tokens"] for r in star]
     assert list(line.get_ydata()) == [r["accuracy"] for r in star]
 
