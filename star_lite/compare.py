@@ -245,10 +245,13 @@ def share_iteration0(cfg: Config, seed: int, method: str) -> None:
     target = seed_dir(cfg, seed) / method
     if (target / "metrics.jsonl").exists():
         return
-    seeds = [seed] if cfg.compare.resample_split else [seed] + [s for s in cfg.compare.seeds if s != seed]
-    for s in seeds:
+    # any seed's directory will do when the split is fixed, also one this process does not list
+    # (seeds run side by side, one process each)
+    others = [seed_dir(cfg, seed)] + ([] if cfg.compare.resample_split else
+                                      sorted(Path(cfg.compare.output_dir).glob("seed_*")))
+    for directory in others:
         for other in cfg.compare.methods:
-            source_dir = seed_dir(cfg, s) / other
+            source_dir = directory / other
             if source_dir == target:
                 continue
             rows = [r for r in read_jsonl(source_dir / "metrics.jsonl") if r["iteration"] == 0]
@@ -256,7 +259,7 @@ def share_iteration0(cfg: Config, seed: int, method: str) -> None:
             if rows and source.exists():
                 (target / "iter_000").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target / "iter_000" / "eval.jsonl")
-                append_jsonl(target / "metrics.jsonl", [dict(rows[0], shared_from=f"seed_{s}/{other}")])
+                append_jsonl(target / "metrics.jsonl", [dict(rows[0], shared_from=f"{directory.name}/{other}")])
                 return
 
 

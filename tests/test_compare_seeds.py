@@ -124,3 +124,16 @@ def test_a_killed_comparison_redoes_nothing_finished(two_seeds, monkeypatch):
             assert p.read_text() == text, p
     rows = read_jsonl(out / "seed_5" / "star" / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1] and rows[0]["shared_from"]  # iteration 0 not evaluated again
+
+
+def test_a_seed_run_in_its_own_process_shares_the_few_shot_evaluation(two_seeds):
+    from star_lite.cli import main
+
+    out, path, _ = two_seeds
+    # seeds may run side by side, one process each: a process listing only seed 7 still finds seed 3's
+    assert main(["compare", str(path), "--set", "compare.seeds=[7]", "--set", "compare.methods=[few-shot]",
+                 "--set", "compare.reference=few-shot"]) == 0
+    row = read_jsonl(out / "seed_7" / "few-shot" / "metrics.jsonl")[0]
+    assert row["shared_from"] == "seed_3/few-shot"
+    assert read_jsonl(out / "seed_7" / "few-shot" / "iter_000" / "eval.jsonl") == \
+        read_jsonl(out / "seed_3" / "few-shot" / "iter_000" / "eval.jsonl")
