@@ -230,3 +230,15 @@ def test_validation_is_carved_from_train_and_disjoint_from_it(tmp_path):
         assert not {p.question for p in task.load("train", 10, seed=3)} & {p.question for p in validation}
     assert {p.question for p in cqa_task.load("test", 0, 0)} == {f"Where is thing {100 + i}?\nAnswer Choices:\n"
                                                                  "(a) a\n(b) b\n(c) c\n(d) d\n(e) e" for i in range(5)}
+
+
+def test_a_users_one_argument_format_hint_still_serves_answer_conditioned_prompts():
+    class OwnHint(ArithmeticTask):  # written against the older interface: format_hint(problem)
+        def format_hint(self, problem):
+            return f"{problem.question} (Hint: it is {problem.answer}.)"
+
+    task = OwnHint(1, 1)
+    p = task.load("train", 1, 0)[0]
+    assert task.prompt(p, hint=True).endswith(f"(Hint: it is {p.answer}.)\nA:")
+    assert task.prompt(p, hint=True, hint_answer="99").endswith("(Hint: it is 99.)\nA:")
+    assert task.leaks_hint("(Hint: it is 99.) so 99.", "99") and not task.leaks_hint("4 + 5 = 9.", "9")

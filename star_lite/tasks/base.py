@@ -7,6 +7,7 @@ serves as the RL reward, so every method is judged by the same code.
 from __future__ import annotations
 
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +81,9 @@ class Task:
         return f"{problem.question} (Hint: the answer is {problem.answer if answer is None else answer}.)"
 
     def format_question(self, problem: Problem, hint: bool = False, hint_answer: str | None = None) -> str:
-        question = self.format_hint(problem, hint_answer) if hint else problem.question
+        if hint and hint_answer is not None:  # a user's format_hint(problem) reads the answer off the problem
+            problem = dataclasses.replace(problem, answer=hint_answer)
+        question = self.format_hint(problem) if hint else problem.question
         return f"{QUESTION_PREFIX}{question}\n{ANSWER_PREFIX}"
 
     def format_completion(self, rationale: str) -> str:
@@ -133,7 +136,7 @@ class Task:
         if not isinstance(completion, str):
             return False
         try:  # the hint as this task writes it, after an empty question
-            marker = self.format_hint(Problem("", "", answer), answer).strip()
+            marker = self.format_hint(Problem("", "", answer)).strip()
         except Exception:  # a format_hint that needs problem.meta: the task overrides leaks_hint
             marker = ""
         return bool(marker and marker in completion) or cites_hint(completion)
