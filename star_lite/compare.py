@@ -127,6 +127,7 @@ def summarize(cfg: Config, rows: list[dict[str, Any]]) -> dict[str, Any]:
                  "sd": statistics.stdev(accs) if len(accs) > 1 else None, "pooled": correct / n if n else 0.0,
                  "ci_low": lo, "ci_high": hi, "n": n, "cost_tokens": statistics.fmean(
                      r["cumulative_cost_tokens"] for r in mine),
+                 "generated_tokens": max(r["cumulative_generated_tokens"] for r in mine),
                  "seconds": statistics.fmean(r["cumulative_seconds"] for r in mine)}
         if method != ref:
             a, b = [], []
@@ -162,15 +163,18 @@ def summary_markdown(cfg: Config, summary: dict[str, Any], rows: list[dict[str, 
     lines = [f"# Comparison: {cfg.task.name}, {n_test} test problems, seeds {', '.join(map(str, seeds))}", "",
              "## Accuracy of each method's last stage", "",
              "Pooled: all seeds' answers together, with a 95% Wilson interval. Cost: tokens generated "
-             "(training data, RL rollouts) plus tokens trained on, mean over seeds; evaluation excluded.", "",
+             "(training data, RL rollouts) plus tokens trained on, mean over seeds; evaluation excluded. "
+             "Generated / budget: the most any seed generated, against run.budget_tokens.", "",
              "| method | stage | " + " | ".join(f"seed {s}" for s in seeds)
-             + " | mean ± sd | pooled [95% CI] | cost tokens | wall s |",
-             "| --- | --- | " + "---: | " * len(seeds) + "---: | ---: | ---: | ---: |"]
+             + " | mean ± sd | pooled [95% CI] | cost tokens | generated / budget | wall s |",
+             "| --- | --- | " + "---: | " * len(seeds) + "---: | ---: | ---: | ---: | ---: |"]
     for method, e in summary["methods"].items():
         per_seed = " | ".join(_fmt(e["by_seed"].get(s)) for s in seeds)
         spread = f"{e['mean']:.3f} ± {_fmt(e['sd'])}"
+        budget = f"{cfg.run.budget_tokens:,}" if cfg.run.budget_tokens else "no limit"
         lines.append(f"| {method} | {e['stage']} | {per_seed} | {spread} | {e['pooled']:.3f} "
-                     f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}] | {e['cost_tokens']:,.0f} | {e['seconds']:,.0f} |")
+                     f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}] | {e['cost_tokens']:,.0f} | "
+                     f"{e['generated_tokens']:,} / {budget} | {e['seconds']:,.0f} |")
     lines += ["", f"## Paired differences against {ref}", "",
               f"Each method's last stage minus {ref}'s, problem by problem on the same test problems "
               f"(paired), pooled over seeds: 95% interval (Newcombe) and exact McNemar p-value. "

@@ -82,7 +82,7 @@ def test_summary_pairs_methods_problem_by_problem(two_seeds):
     assert (d["only_a"], d["only_b"]) == (only_star, only_ref)
     assert "paired" not in summary["methods"]["sft-direct"]
     md = (out / "comparison.md").read_text()
-    assert "## Paired differences against sft-direct" in md and "mean ± sd" in md
+    assert "## Paired differences against sft-direct" in md and "mean ± sd" in md and "generated / budget" in md
     assert "paired" in md and ("not distinguishable at this size" in md or "above sft-direct" in md
                                or "below sft-direct" in md)
 
