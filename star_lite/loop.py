@@ -263,7 +263,14 @@ def start_run(cfg: Config):
 
 
 def run(cfg: Config) -> list[dict[str, Any]]:
-    """Run (or continue) STaR as configured; return the metrics rows, one per iteration."""
+    """Run (or continue) STaR as configured; return the metrics rows, one per iteration.
+
+    A second process on the same run.output_dir is refused (RunDirBusy) instead of mixing rows."""
+    with RunDir(cfg.run.output_dir).locked():
+        return _run(cfg)
+
+
+def _run(cfg: Config) -> list[dict[str, Any]]:
     started = start_run(cfg)
     if started is None:
         return RunDir(cfg.run.output_dir).metrics()

@@ -56,7 +56,8 @@ def run_method(cfg: Config, method: str) -> list[dict[str, Any]]:
     """Run (or continue) one method with the comparison's shared config; returns its metrics rows."""
     mcfg = method_config(cfg, method)
     runner = {"sft-direct": run_sft_direct, "self-motivated": run_self_motivated, "grpo": run_grpo}.get(method)
-    return runner(mcfg) if runner else run_star(mcfg)
+    with RunDir(mcfg.run.output_dir).locked():  # one process per method directory
+        return runner(mcfg) if runner else run_star(mcfg)
 
 
 def _seconds_left(rundir: RunDir, cfg: Config) -> float:

@@ -15,6 +15,8 @@ exists; anything of a later iteration is redone, except samples already saved.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -84,9 +86,48 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+class RunDirBusy(ConfigError):
+    """Another process is running in this run directory."""
+
+
+_HELD: dict[str, list[int]] = {}  # run directories this process holds: resolved path -> [fd, depth]
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the run directory for this process, or raise RunDirBusy naming the holder's PID.
+
+        An OS lock (flock) on ``.lock``: the OS drops it when the holder exits or is killed, so
+        nothing is left to clean. Re-entrant within a process (compare -> method -> loop).
+        """
+        self.check_writable()
+        key = str(self.root.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+        else:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirBusy(f"{self.root} is in use by another star_lite process (PID {holder}); wait for "
+                                 "it to finish or stop it, or choose another run.output_dir") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _HELD[key] = [fd, 1]
+        try:
+            yield self
+        finally:
+            _HELD[key][1] -= 1
+            if not _HELD[key][1]:
+                fd = _HELD.pop(key)[0]
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
     @property
     def metrics_path(self) -> Path:
@@ -104,8 +145,8 @@ class RunDir:
     def add_metrics(self, row: dict[str, Any]) -> None:
         append_jsonl(self.metrics_path, [row])
 
-    def prepare(self, cfg: Config) -> list[str]:
-        """Create the directory, or check a saved config against ``cfg``; return accepted changes."""
+    def check_writable(self) -> None:
+        """Create the directory; refuse one this process cannot write, naming run.output_dir."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write_test"
@@ -114,6 +155,10 @@ class RunDir:
         except OSError as err:
             raise ConfigError(f"run.output_dir: cannot write to '{self.root}' ({err.strerror}). "
                               "Choose a directory you can write, e.g. --set run.output_dir=runs/mine") from None
+
+    def prepare(self, cfg: Config) -> list[str]:
+        """Create the directory, or check a saved config against ``cfg``; return accepted changes."""
+        self.check_writable()
         saved_path = self.root / "config.yaml"
         current = cfg.to_dict()
         changed: list[str] = []

@@ -46,3 +46,37 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="run.output_dir: cannot write to"):
         RunDir(blocker / "run").prepare(from_dict({}))
+
+
+def test_a_busy_run_directory_is_refused_and_a_killed_holder_blocks_nothing(tiny_model_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import tiny_config_dict
+    from star_lite.cli import main
+    from star_lite.rundir import RunDir, RunDirBusy, read_jsonl
+
+    out = tmp_path / "run"
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config_dict(tiny_model_dir, out, star={"iterations": 1})))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from star_lite.rundir import RunDir\n"
+        f"lock = RunDir({str(out)!r}).locked(); lock.__enter__(); print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirBusy, match=rf"{out} is in use by another star_lite process \(PID {holder.pid}\)"):
+            with RunDir(out).locked():
+                pass
+        assert main(["run", str(cfg_path)]) == 2  # refused at once, before any model is loaded
+        assert not (out / "metrics.jsonl").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a kill leaves the lock file, not the lock
+        holder.wait()
+    assert main(["run", str(cfg_path)]) == 0
+    assert [r["iteration"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1]
+    with RunDir(out).locked(), RunDir(out).locked():  # re-entrant within one process
+        pass
