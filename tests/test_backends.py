@@ -140,7 +140,8 @@ def test_bad_trl_options_are_refused_before_a_comparison_starts(tiny_model_dir, 
     from star_lite.compare import compare
 
     cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path / "run", rl={"trl_options": options},
-                                     compare={"methods": ["few-shot", "grpo"], "output_dir": str(tmp_path / "cmp")}))
+                                     compare={"methods": ["few-shot", "grpo"], "reference": "few-shot",
+                                              "output_dir": str(tmp_path / "cmp")}))
     with pytest.raises(ConfigError, match=message):
         compare(cfg)
     assert not (tmp_path / "cmp").exists()
