@@ -63,3 +63,17 @@ def test_gradient_checkpointing_is_off_after_training(tiny_model_dir, tmp_path):
     model, trained = train_adapter(base, tok, _examples(8), cfg, 2, tmp_path, seed=1)
     assert len(trained.history) == 2
     assert not base.is_gradient_checkpointing  # the next sampling pass runs with the KV cache
+
+
+def test_train_loss_and_tokens_are_recorded_when_no_step_was_logged(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(str(tiny_model_dir))
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                     train={"logging_steps": 10, "batch_size": 2}))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    examples = _examples(4)
+    model, trained = train_adapter(base, tok, examples, cfg, 2, tmp_path, seed=1)
+    assert trained.history == []  # 2 steps, logged every 10: nothing logged
+    assert trained.train_loss is not None and trained.train_loss > 0  # the trainer's own mean loss
+    # 2 steps of 2 examples: every token of the 4 examples went through forward and backward once
+    lengths = [len(tok(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in examples]  # + EOS
+    assert trained.trained_tokens == pytest.approx(sum(lengths), abs=len(examples))
