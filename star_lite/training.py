@@ -51,18 +51,21 @@ def num_steps(iteration: int, start_steps: int, growth: float) -> int:
 
 
 def training_steps(iteration: int, num_examples: int, train) -> int:
-    """Steps of one iteration's training (``train``: the TrainConfig): STaR's growing schedule, or,
-    with ``train.epochs`` > 0, that many passes over the iteration's ``num_examples`` (ReST-EM's
-    M-step fine-tunes on the whole E-step set, so the steps follow what was kept).
+    """Steps of one iteration's training (``train``: the TrainConfig): STaR's growing schedule, and
+    with ``train.epochs`` > 0 at least that many passes over the iteration's ``num_examples``
+    (ReST-EM's M-step fine-tunes on the whole E-step set, so a large kept set gets more steps;
+    a small one still trains as long as the schedule, so ReST-EM never trains less than STaR).
 
     >>> from star_lite.config import TrainConfig
-    >>> training_steps(2, 100, TrainConfig()), training_steps(2, 100, TrainConfig(epochs=1.0, batch_size=8))
-    (48, 13)
+    >>> rest_em = TrainConfig(epochs=1.0, batch_size=8)
+    >>> training_steps(2, 100, TrainConfig()), training_steps(2, 100, rest_em), training_steps(2, 1000, rest_em)
+    (48, 48, 125)
     """
+    scheduled = num_steps(iteration, train.start_steps, train.step_growth)
     if train.epochs > 0:
         per_step = train.batch_size * train.gradient_accumulation_steps
-        return max(1, math.ceil(train.epochs * num_examples / per_step))
-    return num_steps(iteration, train.start_steps, train.step_growth)
+        return max(scheduled, math.ceil(train.epochs * num_examples / per_step))
+    return scheduled
 
 
 def _nan_guard():
