@@ -152,7 +152,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
 def truncate(dataset, max_length: int):
     """Cut tokenized examples (input_ids and the masks beside them) to ``max_length`` tokens,
     as TRL does itself when batches are padded."""
-    columns = [c for c in dataset.column_names if c in ("input_ids", "completion_mask", "assistant_masks")]
+    columns = [c for c in dataset.column_names if c in ("input_ids", "labels", "completion_mask", "assistant_masks")]
 
     def cut(example):
         return {c: example[c][:max_length] for c in columns}

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from star_lite.config import from_dict
 from star_lite.models import load_tokenizer
 from star_lite.tasks import load_task
-from star_lite.training import train_adapter, truncate
+from trl import SFTTrainer
+
+from star_lite.training import train_adapter
 
 from conftest import tiny_config_dict
 
@@ -25,7 +26,21 @@ def _lora_weights(model):
     return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
 
 
-def test_padding_free_matches_padded_training(tiny_model_dir, tmp_path):
+@pytest.fixture
+def batches(monkeypatch):
+    """The batches the real trainer (TRL's collator included) hands to the model, as they reach the loss."""
+    seen = []
+    compute_loss = SFTTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)})
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", spy)
+    return seen
+
+
+def test_padding_free_matches_padded_training(tiny_model_dir, tmp_path, batches):
     tok = load_tokenizer(str(tiny_model_dir))
     examples = _examples(12)
     lengths = {len(tok(e["prompt"] + e["completion"])["input_ids"]) for e in examples}
@@ -35,8 +50,18 @@ def test_padding_free_matches_padded_training(tiny_model_dir, tmp_path):
         cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
                                          train={"padding_free": padding_free, "learning_rate": 1e-2}))
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        batches.clear()
         model, trained = train_adapter(base, tok, examples, cfg, 3, tmp_path / str(padding_free), seed=1)
         results[padding_free] = ([h["loss"] for h in trained.history], _lora_weights(model))
+        assert len(batches) == 3
+        if padding_free:  # each batch is one row of 4 examples laid end to end, with no padding
+            for b in batches:
+                assert b["input_ids"].shape[0] == 1 and "position_ids" in b
+                assert (b["position_ids"][0] == 0).sum() == cfg.train.batch_size  # 4 sequences restart at 0
+                assert "attention_mask" not in b or bool(b["attention_mask"].all())
+        else:  # padded: one row per example, shorter rows padded
+            assert all(b["input_ids"].shape[0] == cfg.train.batch_size for b in batches)
+            assert any(not bool(b["attention_mask"].all()) for b in batches)
     (padded_loss, padded_w), (free_loss, free_w) = results[False], results[True]
     assert len(padded_loss) == 3 and padded_loss == pytest.approx(free_loss, rel=1e-4)
     assert padded_w.keys() == free_w.keys()
@@ -46,13 +71,32 @@ def test_padding_free_matches_padded_training(tiny_model_dir, tmp_path):
     assert any(padded_w[k].abs().sum() > 0 for k in padded_w if "lora_B" in k)
 
 
-def test_truncate_cuts_tokens_and_masks_alike():
-    data = Dataset.from_list([{"input_ids": list(range(10)), "completion_mask": [0] * 4 + [1] * 6, "id": "a"},
-                              {"input_ids": [1, 2], "completion_mask": [0, 1], "id": "b"}])
-    out = truncate(data, 5)
-    assert out["input_ids"] == [[0, 1, 2, 3, 4], [1, 2]]
-    assert out["completion_mask"] == [[0, 0, 0, 0, 1], [0, 1]]
-    assert out["id"] == ["a", "b"]
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_examples_longer_than_max_length_are_cut_on_the_way_to_the_model(tiny_model_dir, tmp_path, batches,
+                                                                         padding_free):
+    tok = load_tokenizer(str(tiny_model_dir))
+    long = {"prompt": "Q: What is 1 + 1?\nA:", "completion": " 1 + 1 = 2." * 20 + " The answer is 2."}
+    short = {"prompt": "Q: What is 2 + 2?\nA:", "completion": " The answer is 4."}
+    full = [len(tok(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in (long, short)]  # + EOS
+    max_length = 32
+    assert full[0] > max_length > full[1]
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                     train={"padding_free": padding_free, "max_length": max_length,
+                                            "batch_size": 2}))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model, trained = train_adapter(base, tok, [long, short], cfg, 1, tmp_path, seed=1)
+    (b,) = batches
+    if padding_free:  # one row: the long example cut to max_length, then the short one whole
+        assert b["input_ids"].shape == (1, max_length + full[1])
+        assert b["position_ids"][0].tolist() == list(range(max_length)) + list(range(full[1]))
+    else:
+        assert b["input_ids"].shape == (2, max_length)
+    # the loss mask was cut with the tokens: the long example's completion still ends at max_length
+    labels = b["labels"].reshape(-1)
+    assert int((labels != -100).sum()) == max_length - len(tok(long["prompt"])["input_ids"]) + full[1] - len(
+        tok(short["prompt"])["input_ids"])
+    # tokens counted as trained: the cut length (an EOS equal to the pad token is not counted)
+    assert trained.trained_tokens == pytest.approx(max_length + full[1], abs=2)
 
 
 def test_gradient_checkpointing_is_off_after_training(tiny_model_dir, tmp_path):
