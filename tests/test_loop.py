@@ -368,3 +368,34 @@ def test_validation_is_evaluated_and_stops_the_loop_when_it_stops_rising(tiny_mo
     assert "Best iteration by validation accuracy: 1 " in write_report(tmp_path).read_text()
     validation_line = [ln for ln in plot_accuracy(tmp_path).axes[0].lines if ln.get_label().startswith("validation")]
     assert list(validation_line[0].get_ydata()) == [0.25, 0.5, 0.5]
+
+
+def test_each_iteration_trains_a_fresh_adapter_from_the_base(tiny_model_dir, tmp_path, monkeypatch):
+    """Through the loop: iteration 2's training starts from a new initialisation, not iteration 1's weights."""
+    import torch
+    from safetensors.torch import load_file
+    from trl import SFTTrainer
+
+    starts = []
+    train = SFTTrainer.train
+
+    def spy(self, *args, **kwargs):
+        names = [n for n, _ in self.model.named_parameters()]
+        starts.append(({n: p.detach().clone() for n, p in self.model.named_parameters() if "lora_" in n},
+                       sum("lora_A" in n for n in names)))
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "train", spy)
+    run(from_dict(tiny_config_dict(tiny_model_dir, tmp_path)))
+    assert len(starts) == 2
+    (init1, modules1), (init2, modules2) = starts
+    assert modules1 == modules2 > 0  # one adapter on the base each time, never one stacked on another
+    trained1 = {k.replace(".weight", ".default.weight"): v
+                for k, v in load_file(tmp_path / "iter_001" / "adapter" / "adapter_model.safetensors").items()}
+    assert init2.keys() == init1.keys() == trained1.keys()
+    for name, start in init2.items():
+        if "lora_B" in name:  # B starts at zero: the model starts equal to the base, not to iteration 1's
+            assert torch.count_nonzero(start) == 0, name
+            assert torch.count_nonzero(trained1[name]) > 0, name  # ... though iteration 1 had trained it
+        else:  # A is a new draw, seeded by run seed and iteration: neither iteration 1's start nor its result
+            assert not torch.equal(start, init1[name]) and not torch.equal(start, trained1[name]), name
