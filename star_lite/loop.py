@@ -32,7 +32,7 @@ import torch
 from .config import Config
 from .evaluation import evaluate_into
 from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
-from .rundir import RunDir, append_jsonl, read_jsonl, write_jsonl
+from .rundir import RunDir, append_jsonl, fault_point, read_jsonl, write_jsonl
 from .sampling import generator
 from .tasks import Problem, Task, load_task
 from .tasks.datafiles import DataError
@@ -152,6 +152,7 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
                 row["rejected"] = "hint"
             rows.append(row)
         append_jsonl(cache, rows)
+        fault_point("samples_saved")
         done.update(((r["id"], r["sample"]), r) for r in rows)
         if budget is not None:
             budget.tokens += sum(r["tokens"] for r in rows)

@@ -29,6 +29,29 @@ import yaml
 from .config import RESUMABLE_KEYS, Config, ConfigError, diff_keys, from_dict
 
 
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """A named place where a crash test makes this process die: with ``STAR_LITE_KILL_AT=name:n``
+    the process sends itself SIGKILL the n-th time it reaches ``name`` (no clean-up runs, as
+    with the OOM killer or a closed laptop). Points: ``samples_saved`` (a sampling batch was
+    appended), ``train_step`` (an optimizer step ended), ``adapter_saved`` (an adapter was
+    renamed into place). Without the variable this does nothing.
+    """
+    target = os.environ.get("STAR_LITE_KILL_AT")
+    if not target:
+        return
+    point, _, count = target.partition(":")
+    if point != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(count or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -19,6 +19,7 @@ import torch
 
 from .config import Config
 from .models import fresh_adapter, mark_adapter, resolve_device, resolve_dtype
+from .rundir import fault_point
 
 
 class TrainingError(RuntimeError):
@@ -68,7 +69,7 @@ def training_steps(iteration: int, num_examples: int, train) -> int:
     return scheduled
 
 
-def _nan_guard():
+def _callbacks():
     from transformers import TrainerCallback
 
     class StopOnNonFiniteLoss(TrainerCallback):
@@ -80,7 +81,11 @@ def _nan_guard():
                         f"training {key.replace('_', ' ')} became {value} at step {state.global_step}. Lower "
                         "train.learning_rate (e.g. halve it), or use model.compute_dtype=bfloat16 instead of float16.")
 
-    return StopOnNonFiniteLoss()
+    class FaultPoint(TrainerCallback):  # crash tests kill the process after a step (rundir.fault_point)
+        def on_step_end(self, args, state, control, **kwargs):
+            fault_point("train_step")
+
+    return [StopOnNonFiniteLoss(), FaultPoint()]
 
 
 def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, steps: int, out_dir: Path,
@@ -134,7 +139,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=[_nan_guard()])
+                         processing_class=tokenizer, callbacks=_callbacks())
     if cfg.train.padding_free:
         trainer.train_dataset = truncate(trainer.train_dataset, cfg.train.max_length)
     trainer.train()
@@ -168,6 +173,7 @@ def save_adapter(model, target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     mark_adapter(model, target)
+    fault_point("adapter_saved")
 
 
 def remove_if_empty(path: Path) -> None:

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,22 +21,11 @@ COMPARED = ("iteration", "accuracy", "num_train_examples", "num_rationalized", "
             "generated_tokens", "train_loss")
 
 
-def _start(cfg_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), STAR_LITE_PROGRESS="0")
+def _start(cfg_path: Path, kill_at: str = "") -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), STAR_LITE_PROGRESS="0",
+               STAR_LITE_KILL_AT=kill_at)
     return subprocess.Popen([sys.executable, "-m", "star_lite.cli", "run", str(cfg_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
-    end = time.time() + timeout
-    while time.time() < end and proc.poll() is None:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.05)
-    proc.wait()
-    return False
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -46,7 +34,7 @@ def _metrics(out: Path) -> list[dict]:
 
 def test_sigkill_at_several_points_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
     def config(out):
-        data = tiny_config_dict(tiny_model_dir, out, model={"load_in_4bit": False})
+        data = tiny_config_dict(tiny_model_dir, out, model={"load_in_4bit": False}, sampling={"batch_size": 4})
         path = tmp_path / f"{out.name}.yaml"
         path.write_text(yaml.safe_dump(data))
         return path
@@ -59,15 +47,19 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted_run(tiny_mo
 
     out = tmp_path / "killed"
     cfg = config(out)
-    kill_points = [  # while sampling, while training, right after an adapter is written
-        lambda: len(read_jsonl(out / "iter_001" / "samples.partial.jsonl")) >= 6,
-        lambda: (out / "iter_001" / "train.jsonl").exists(),  # written just before training starts
-        lambda: (out / "iter_002" / "adapter").exists(),
+    # each process dies by its own SIGKILL at a named point (rundir.fault_point); the next resumes
+    kills = [
+        ("samples_saved:2", lambda: len(read_jsonl(out / "iter_001" / "samples.partial.jsonl")) == 8
+         and not (out / "iter_001" / "samples.jsonl").exists()),  # mid-sampling: 2 batches of 4 saved
+        ("train_step:2", lambda: (out / "iter_001" / "train.jsonl").exists()
+         and not (out / "iter_001" / "adapter").exists()),  # mid-training: kept set written, no adapter
+        ("adapter_saved:2", lambda: (out / "iter_002" / "adapter").exists()
+         and len(read_jsonl(out / "metrics.jsonl")) == 2),  # iteration 2's adapter written, its row not
     ]
-    kills = 0
-    for ready in kill_points:
-        kills += _kill_when(_start(cfg), ready)
-    assert kills >= 2, "the run finished before it could be killed"
+    for kill_at, state in kills:
+        proc = _start(cfg, kill_at)
+        assert proc.wait() == -signal.SIGKILL, (kill_at, proc.stderr.read())
+        assert state(), f"killed at {kill_at}, but the run directory is not in the state that point means"
     proc = _start(cfg)
     assert proc.wait() == 0, proc.stderr.read()
     assert _metrics(out) == expected
