@@ -61,3 +61,25 @@ def test_fresh_adapter_per_iteration_base_unchanged_lora_changed(tiny_model_dir,
     assert isinstance(loaded, PeftModel)
     reloaded = {k.replace(".default", ""): v for k, v in _lora(loaded).items()}
     assert all(torch.equal(reloaded[k.replace(".default", "")], v) for k, v in trained1.items())
+
+
+def test_nf4_forward_stays_close_to_the_float_model_on_the_same_weights(tiny_model_dir, tmp_path):
+    """Graders in tests are hashes, so only this shows the 4-bit forward computes the model it quantizes."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"compute_dtype": "float32"}))
+    tok = load_tokenizer(cfg.model.name_or_path)
+    quantized = load_base_model(cfg.model)
+    assert sum("Linear4bit" in type(m).__name__ for m in quantized.modules()) == 2 * 7  # every projection
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = tok(["Q: What is 12 + 7?\nA: 12 + 7 = 19. The answer is 19.", "Q: What is 3 + 4?\nA: 7 + 0 = 7. The"],
+              return_tensors="pt", padding=True)
+    with torch.no_grad():
+        q, f = quantized(**ids).logits.float(), full(**ids).logits.float()
+    # 4-bit weights carry about 10% noise: the logits move by about that much, not by their own size
+    rel = ((q - f).norm() / f.norm()).item()
+    cos = torch.nn.functional.cosine_similarity(q.flatten(), f.flatten(), dim=0).item()
+    assert rel < 0.25 and cos > 0.97, (rel, cos)
+    # and the tokens the float model ranks first are mostly the 4-bit model's first choices too
+    mask = ids["attention_mask"].bool()
+    assert (q.argmax(-1) == f.argmax(-1))[mask].float().mean() > 0.6
