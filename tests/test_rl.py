@@ -232,3 +232,21 @@ def test_pair_accuracy_comes_with_its_count_and_wilson_interval(tiny_model_dir, 
     k = round(got["reward_model_pair_accuracy"] * 7)
     assert got["reward_model_heldout_pairs"] == 7
     assert (got["reward_model_pair_ci_low"], got["reward_model_pair_ci_high"]) == wilson(k, 7)
+
+
+# --- RL stops at the shared budget ---------------------------------------------------------------
+
+def test_grpo_stops_at_the_first_step_that_reaches_the_token_budget(tiny_model_dir, tmp_path):
+    from star_lite.methods import run_method
+
+    data = tiny_config_dict(tiny_model_dir, tmp_path / "unused", rl={**RL, "steps": 6}, run={"budget_tokens": 12})
+    data["compare"] = {"methods": ["grpo"], "output_dir": str(tmp_path), "seeds": [0]}
+    row = run_method(from_dict(data), "grpo")[-1]
+    rollouts = read_jsonl(tmp_path / "grpo" / "iter_001" / "rollouts.jsonl")
+    per_step = {}
+    for r in rollouts:
+        per_step[r["step"]] = per_step.get(r["step"], 0) + r["tokens"]
+    assert row["generated_tokens"] == sum(per_step.values())
+    assert 0 < row["rl_steps"] == len(per_step) < 6  # stopped early ...
+    assert row["generated_tokens"] >= 12  # ... because the budget was reached ...
+    assert row["generated_tokens"] - per_step[max(per_step)] < 12  # ... and not a step later
