@@ -118,7 +118,7 @@ def test_empty_or_unreadable_dataset_is_refused_before_any_model_is_loaded(tmp_p
     empty.write_text('{"question": "a", "answer": "#### 1"}\n')
     assert main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert f"{broken}: cannot read as json" in err and "cannot load" not in err
+    assert f"{broken}: line 2 is not valid JSON" in err and "cannot load" not in err
 
 
 def test_non_finite_loss_stops_with_what_to_change(tiny_model_dir, tmp_path, capsys):

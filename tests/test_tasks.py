@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -117,9 +118,31 @@ def test_gsm8k_from_local_jsonl(tmp_path):
     assert task.is_correct("so 1,002 in all. The answer is 1,002.", problems[2])
 
 
-def test_gsm8k_row_missing_a_field_names_file_row_and_field(tmp_path):
+def test_gsm8k_row_missing_a_field_names_file_line_and_field(tmp_path):
     f = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "a", "answer": "#### 1"}, {"question": "b"}])
-    with pytest.raises(DataError, match=r"bad.jsonl: row 1 is missing required field 'answer'"):
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2 is missing required field 'answer'"):
+        load_task("gsm8k", source=str(f)).load("train", 0, 0)
+    # a blank line is no row, but it is a line: the message names the line an editor shows
+    f.write_text('{"question": "a", "answer": "#### 1"}\n\n{"question": "b", "answer": "no number"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: line 3 field 'answer' has no '#### <number>'"):
+        load_task("gsm8k", source=str(f)).load("train", 0, 0)
+
+
+def test_csv_rows_are_named_by_their_line_even_when_a_field_spans_lines(tmp_path):
+    f = tmp_path / "bad.csv"
+    f.write_text('question,answer\n"a,\nlong one",#### 1\n"b",\n')
+    with pytest.raises(DataError, match=r"bad.csv: line 4 is missing required field 'answer'"):
+        load_task("gsm8k", source=str(f)).load("train", 0, 0)
+
+
+@pytest.mark.parametrize("suffix, text, where", [
+    (".jsonl", '{"question": "a", "answer": "#### 1"}\n{"question": "b", "answer": "#### 2"\n', "line 2 is not valid JSON"),
+    (".json", '[{"question": "a", "answer": "#### 1"},\n {"question": "b" "answer": "#### 2"}]', "line 2, column 19"),
+])
+def test_invalid_json_names_the_line(tmp_path, suffix, text, where):
+    f = tmp_path / f"bad{suffix}"
+    f.write_text(text)
+    with pytest.raises(DataError, match=re.escape(f"bad{suffix}: {where}")):
         load_task("gsm8k", source=str(f)).load("train", 0, 0)
 
 

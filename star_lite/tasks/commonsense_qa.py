@@ -100,7 +100,7 @@ class CommonsenseQATask(Task):
             require_fields(row, ("question", "choices", "answerKey"), where, i)
             choices = row["choices"]
             if not isinstance(choices, dict) or not choices.get("label") or not choices.get("text"):
-                raise DataError(f"{where}: row {i} field 'choices' needs 'label' and 'text' lists")
+                raise DataError(f"{where}: {where.row(i)} field 'choices' needs 'label' and 'text' lists")
             stem = str(row["question"]).strip()
             if carved and carved_for_validation(stem, self.validation_fraction) != (split == "validation"):
                 continue

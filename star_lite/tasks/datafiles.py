@@ -11,12 +11,70 @@ _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": 
 
 
 class DataError(ValueError):
-    """A dataset that cannot be used; the message names the file, row and field."""
+    """A dataset that cannot be used; the message names the file, line (or row) and field."""
+
+
+class Source(str):
+    """Where rows came from (a file path or ``hub-id[split]``), and how to point at one of them:
+    ``line N`` (1-based, as an editor shows it) in jsonl and csv files, ``row N`` (0-based, as
+    ``dataset[N]``) in json arrays, parquet files and Hub datasets."""
+
+    lines: list[int] | None = None  # the file line each row starts on, when the format has lines
+
+    def row(self, index: int) -> str:
+        if self.lines is not None and index < len(self.lines):
+            return f"line {self.lines[index]}"
+        return f"row {index}"
+
+
+def _source(label: str, lines: list[int] | None = None) -> Source:
+    where = Source(label)
+    where.lines = lines
+    return where
+
+
+def _row_lines(path: Path, fmt: str) -> list[int] | None:
+    """The 1-based line on which each row of a jsonl or csv file starts (a csv header is no row)."""
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [n for n, line in enumerate(f, 1) if line.strip()]
+    if fmt == "csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.reader(f)
+            starts, start = [], 1
+            for _ in reader:  # a quoted field may span lines: a row starts after the last one ended
+                starts.append(start)
+                start = reader.line_num + 1
+            return starts[1:]
+    return None
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """Where a jsonl (each line) or json (the whole file) file stops being JSON, with the reason."""
+    import json
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".json":
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            return f"line {err.lineno}, column {err.colno}: {err.msg}"
+        return None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {n} is not valid JSON ({err.msg} at column {err.colno}): {line[:60]!r}"
+    return None
 
 
 def load_rows(source: str, split: str, config_name: str | None = None,
-              data_files: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
-    """Rows of ``split`` and a label naming where they came from.
+              data_files: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], Source]:
+    """Rows of ``split`` and where they came from (``where.row(i)`` names row ``i`` in messages).
 
     ``data_files`` maps split names to local files; otherwise ``source`` is a local file or
     directory (one split) or a Hub dataset id loaded with ``datasets.load_dataset``.
@@ -26,16 +84,15 @@ def load_rows(source: str, split: str, config_name: str | None = None,
     if data_files:
         if split not in data_files:
             raise DataError(f"task.options.data_files has no '{split}' entry (has: {', '.join(data_files)})")
-        path = Path(data_files[split])
-        return _load_local(datasets, path, split), str(path)
+        return _load_local(datasets, Path(data_files[split]), split)
     path = Path(source)
     if path.exists():
-        return _load_local(datasets, path, split), str(path)
+        return _load_local(datasets, path, split)
     ds = datasets.load_dataset(source, config_name, split=split)
-    return [dict(r) for r in ds], f"{source}[{split}]"
+    return [dict(r) for r in ds], _source(f"{source}[{split}]")
 
 
-def _load_local(datasets: Any, path: Path, split: str) -> list[dict[str, Any]]:
+def _load_local(datasets: Any, path: Path, split: str) -> tuple[list[dict[str, Any]], Source]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in _LOCAL_FORMATS and split in p.stem)
         if not files:
@@ -50,15 +107,16 @@ def _load_local(datasets: Any, path: Path, split: str) -> list[dict[str, Any]]:
         raise DataError(f"{path}: the file is empty; a {split} split needs at least one row")
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
-    except Exception as err:  # datasets' parse errors name neither the file nor the row
-        raise DataError(f"{path}: cannot read as {fmt}: {err}") from None
-    return [dict(r) for r in ds]
+    except Exception as err:  # datasets' parse errors name neither the file nor the line
+        bad = _first_bad_json_line(path) if fmt == "json" else None
+        raise DataError(f"{path}: {bad}" if bad else f"{path}: cannot read as {fmt}: {err}") from None
+    return [dict(r) for r in ds], _source(str(path), _row_lines(path, fmt))
 
 
-def require_fields(row: dict[str, Any], fields: tuple[str, ...], where: str, index: int) -> None:
+def require_fields(row: dict[str, Any], fields: tuple[str, ...], where: Source, index: int) -> None:
     for name in fields:
         if row.get(name) in (None, ""):
-            raise DataError(f"{where}: row {index} is missing required field '{name}'")
+            raise DataError(f"{where}: {where.row(index)} is missing required field '{name}'")
 
 
 def choose(items: list, limit: int, seed: int) -> list:

@@ -63,7 +63,7 @@ class GSM8KTask(Task):
             require_fields(row, ("question", "answer"), where, i)
             gold = gold_answer(str(row["answer"]))
             if gold is None:
-                raise DataError(f"{where}: row {i} field 'answer' has no '#### <number>' at its end")
+                raise DataError(f"{where}: {where.row(i)} field 'answer' has no '#### <number>' at its end")
             question = str(row["question"]).strip()
             if carved and carved_for_validation(question, self.validation_fraction) != (split == "validation"):
                 continue
