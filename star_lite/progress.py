@@ -1,4 +1,9 @@
-"""Progress bars: widgets in Jupyter, text in a terminal, silent in CI logs and pipes."""
+"""Progress bars: widgets in Jupyter, text in a terminal, silent in CI logs and pipes.
+
+One switch covers every bar a run shows: star_lite's own, the trainers' per-step bars and
+transformers' "Loading weights" bars. ``STAR_LITE_PROGRESS=0`` (or ``CI``) turns them off;
+``STAR_LITE_PROGRESS=1`` turns them on even when output goes to a file.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,30 @@ import os
 import sys
 
 
-def progress(total: int, desc: str, unit: str = "it"):
-    from tqdm.auto import tqdm
+def bars_enabled() -> bool:
+    """Whether progress bars are shown: in a notebook or on a terminal, unless switched off."""
+    setting = os.environ.get("STAR_LITE_PROGRESS")
+    if setting in ("0", "1"):
+        return setting == "1"
+    if os.environ.get("CI"):
+        return False
+    return "ipykernel" in sys.modules or sys.stderr.isatty()
 
-    # tqdm.auto renders a widget in a notebook; elsewhere show a bar only on a terminal.
-    in_notebook = "ipykernel" in sys.modules
-    disable = bool(os.environ.get("CI")) or os.environ.get("STAR_LITE_PROGRESS") == "0"
-    if not in_notebook and not sys.stderr.isatty():
-        disable = True
-    return tqdm(total=total, desc=desc, unit=unit, disable=disable, leave=False, dynamic_ncols=True)
+
+def quiet_libraries() -> None:
+    """Turn off transformers' and datasets' own bars when star_lite's are off (a log file gets
+    hundreds of lines of them otherwise); turn them back on when bars are on."""
+    import datasets
+    from transformers.utils import logging
+
+    datasets.disable_progress_bars()  # one bar per map step is noise even on a terminal
+    if bars_enabled():
+        logging.enable_progress_bar()
+    else:
+        logging.disable_progress_bar()
+
+
+def progress(total: int, desc: str, unit: str = "it"):
+    from tqdm.auto import tqdm  # a widget in a notebook, text elsewhere
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not bars_enabled(), leave=False, dynamic_ncols=True)

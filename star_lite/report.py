@@ -2,11 +2,14 @@
 
     star-lite report runs/quickstart        ->  runs/quickstart/report.md + *.png
 
-In a notebook each plot is one call: ``plot_accuracy(run_dir)`` returns a matplotlib Figure.
+In a notebook each plot is one call: ``plot_accuracy(run_dir)`` shows the plot once and returns
+its matplotlib Figure (``fig.savefig(...)``), whether the call ends the cell, ends with ``;`` or
+is assigned.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,42 @@ def _metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["iteration"])
 
 
+@functools.cache
+def _figure_class():
+    from matplotlib.figure import Figure
+
+    class ShownOnce(Figure):
+        """A Figure that Jupyter draws once per cell, not twice when it is also the cell's value.
+
+        pyplot shows every open figure at the end of a cell; a returned Figure is drawn again as
+        the cell's value. Both go through this method: the first draws, the second does nothing.
+        Shown again in a later cell, it draws again.
+        """
+
+        def _ipython_display_(self):
+            from IPython import get_ipython
+            from IPython.display import display
+
+            shell = get_ipython()
+            cell = getattr(shell, "execution_count", None)
+            if cell is not None and getattr(self, "_star_lite_shown_in", None) == cell:
+                return
+            self._star_lite_shown_in = cell
+            display(_as_png(self))
+
+    return ShownOnce
+
+
+def _as_png(fig):
+    import io
+
+    from IPython.display import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    return Image(data=buffer.getvalue(), format="png")
+
+
 def _figure():
     import matplotlib
 
@@ -27,7 +66,7 @@ def _figure():
         matplotlib.use("Agg")  # files, no screen needed
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110, FigureClass=_figure_class())
     ax.grid(alpha=0.3)
     return fig, ax
 

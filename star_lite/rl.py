@@ -15,7 +15,6 @@ so the policy gradient never covers the model's invented next ``Q:`` turn.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from .config import Config
+from .progress import bars_enabled, quiet_libraries
 from .models import lora_config, resolve_device, resolve_dtype, resolve_model_path, bnb_config
 from .rundir import append_jsonl
 from .stats import wilson
@@ -74,7 +74,7 @@ def _trainer_device_args(cfg: Config) -> dict[str, Any]:
     return {"use_cpu": device == "cpu", "bf16": device == "cuda" and dtype == torch.bfloat16,
             "fp16": device == "cuda" and dtype == torch.float16, "report_to": cfg.train.report_to,
             "save_strategy": "no", "seed": cfg.run.seed, "logging_steps": cfg.train.logging_steps,
-            "disable_tqdm": bool(os.environ.get("CI")) or os.environ.get("STAR_LITE_PROGRESS") == "0"}
+            "disable_tqdm": not bars_enabled()}
 
 
 def match_adapter_dtype(model, cfg: Config) -> None:
@@ -90,6 +90,7 @@ def load_reward_base(cfg: Config, tokenizer):
     """The base model with a one-output sequence-classification head, 4-bit when configured."""
     from transformers import AutoModelForSequenceClassification
 
+    quiet_libraries()
     device = resolve_device(cfg.model.device)
     kwargs: dict[str, Any] = {"num_labels": 1, "dtype": resolve_dtype(cfg.model.compute_dtype, device)}
     if cfg.model.load_in_4bit:

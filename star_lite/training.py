@@ -19,6 +19,7 @@ import torch
 
 from .config import Config
 from .models import fresh_adapter, mark_adapter, resolve_device, resolve_dtype
+from .progress import bars_enabled, quiet_libraries
 from .rundir import fault_point
 
 
@@ -97,13 +98,11 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     Returns the trained PeftModel (in eval mode) and a ``TrainResult``; saves the adapter to
     ``out_dir/adapter``.
     """
-    import datasets
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    datasets.disable_progress_bars()  # one bar per map step is noise; the trainer shows its own
-
+    quiet_libraries()
     if not examples:
         raise TrainingError("no training examples")
     device = resolve_device(cfg.model.device)
@@ -135,7 +134,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         use_cpu=device == "cpu",
         bf16=device == "cuda" and dtype == torch.bfloat16,
         fp16=device == "cuda" and dtype == torch.float16,
-        disable_tqdm=bool(os.environ.get("CI")) or os.environ.get("STAR_LITE_PROGRESS") == "0",
+        disable_tqdm=not bars_enabled(),
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),

@@ -47,3 +47,29 @@ def test_eval_and_run_on_tiny_model(tiny_model_dir, tmp_path, capsys):
     adapter = tmp_path / "run" / "iter_001" / "adapter"
     assert main(["eval", str(cfg), "--adapter", str(adapter)]) == 0
     assert "iter_001/adapter" in capsys.readouterr().out
+
+
+def test_output_to_a_file_gets_no_progress_bars_from_any_library(tiny_model_dir, tmp_path):
+    """A run logged to a file: no star_lite bar, no trainer step bar, no "Loading weights" bar;
+    STAR_LITE_PROGRESS=1 brings them all back (so the first half can fail)."""
+    import os
+    from pathlib import Path
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config_dict(tiny_model_dir, tmp_path / "run", star={"iterations": 1},
+                                                   model={"load_in_4bit": False})))
+    env = {k: v for k, v in os.environ.items() if k not in ("STAR_LITE_PROGRESS", "CI")}
+    env["PYTHONPATH"] = str(Path(__file__).parent)
+    logs = {}
+    for setting in ("", "1"):
+        if setting:
+            env["STAR_LITE_PROGRESS"] = setting
+            cfg.write_text(cfg.read_text().replace(str(tmp_path / "run"), str(tmp_path / "run_bars")))
+        with open(tmp_path / f"log{setting}.txt", "w") as log:  # stderr to a file, as with `2> log`
+            out = subprocess.run([sys.executable, "-m", "star_lite.cli", "run", str(cfg)], env=env,
+                                 stdout=log, stderr=log)
+        assert out.returncode == 0, (tmp_path / f"log{setting}.txt").read_text()
+        logs[setting] = (tmp_path / f"log{setting}.txt").read_text()
+    for bar in ("Loading weights", "rationale", "evaluating", "it/s]"):
+        assert bar not in logs[""], bar
+    assert "Loading weights" in logs["1"] and "%|" in logs["1"]
