@@ -42,6 +42,20 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def process_device(device: str) -> str:
+    """This process's own GPU under ``accelerate launch`` (``cuda:<local rank>``), else ``device``.
+
+    Data-parallel QLoRA needs every process's 4-bit base pinned to its own GPU; with
+    ``device_map="auto"`` one model would spread over all GPUs and train on one.
+
+    >>> process_device("cpu")
+    'cpu'
+    """
+    from .distributed import launched, local_rank
+
+    return f"cuda:{local_rank()}" if device == "cuda" and launched() else device
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
@@ -131,14 +145,14 @@ def load_base_model(cfg: ModelConfig):
             raise ModelError(f"model.load_in_4bit is true but bitsandbytes cannot be imported ({err}). "
                              "Install bitsandbytes, or set model.load_in_4bit=false.") from None
         kwargs["quantization_config"] = bnb_config(cfg, device)
-        kwargs["device_map"] = {"": device}
+        kwargs["device_map"] = {"": process_device(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
         raise ModelError(f"cannot load model '{cfg.name_or_path}': {err}\nGive a local model directory, "
                          f"a Hub id you can reach, or the embedded model name ({', '.join(EMBEDDED_MODELS)}).") from None
     if not cfg.load_in_4bit:
-        model.to(device)
+        model.to(process_device(device))
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
