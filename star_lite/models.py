@@ -120,15 +120,30 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def fsdp() -> bool:
+    """True under ``accelerate launch`` with an FSDP config (configs/accelerate/fsdp_qlora.yaml)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 def bnb_config(cfg: ModelConfig, device: str):
     from transformers import BitsAndBytesConfig
 
+    dtype = resolve_dtype(cfg.compute_dtype, device)
+    # FSDP shards float tensors only: store the 4-bit weights in the compute dtype (FSDP-QLoRA)
+    storage = {"bnb_4bit_quant_storage": dtype} if fsdp() else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=resolve_dtype(cfg.compute_dtype, device),
+        bnb_4bit_compute_dtype=dtype,
+        **storage,
     )
+
+
+def quantized_placement(device: str) -> dict[str, Any]:
+    """Where a 4-bit model loads: this process's GPU, or under FSDP nowhere in particular (FSDP
+    places the shards; a device map would pin the whole model to one GPU)."""
+    return {} if fsdp() else {"device_map": {"": process_device(device)}}
 
 
 def load_base_model(cfg: ModelConfig):
@@ -145,7 +160,7 @@ def load_base_model(cfg: ModelConfig):
             raise ModelError(f"model.load_in_4bit is true but bitsandbytes cannot be imported ({err}). "
                              "Install bitsandbytes, or set model.load_in_4bit=false.") from None
         kwargs["quantization_config"] = bnb_config(cfg, device)
-        kwargs["device_map"] = {"": process_device(device)}
+        kwargs.update(quantized_placement(device))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:

@@ -24,7 +24,8 @@ import torch
 
 from . import distributed
 from .config import Config
-from .models import bnb_config, lora_config, process_device, resolve_device, resolve_dtype, resolve_model_path
+from .models import (bnb_config, lora_config, process_device, quantized_placement, resolve_device, resolve_dtype,
+                     resolve_model_path)
 from .rundir import append_jsonl
 from .stats import wilson
 from .tasks import Problem, Task
@@ -94,7 +95,7 @@ def load_reward_base(cfg: Config, tokenizer):
     device = resolve_device(cfg.model.device)
     kwargs: dict[str, Any] = {"num_labels": 1, "dtype": resolve_dtype(cfg.model.compute_dtype, device)}
     if cfg.model.load_in_4bit:
-        kwargs.update(quantization_config=bnb_config(cfg.model, device), device_map={"": process_device(device)})
+        kwargs.update(quantization_config=bnb_config(cfg.model, device), **quantized_placement(device))
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name_or_path), **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     if not cfg.model.load_in_4bit:
