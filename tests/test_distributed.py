@@ -170,3 +170,26 @@ def test_two_processes_sample_like_one_train_together_and_resume_after_a_kill(ti
     eval_keys = ("id", "completion", "correct")
     assert content(two / "iter_000" / "eval.jsonl", eval_keys) == content(one / "iter_000" / "eval.jsonl", eval_keys)
     assert read_jsonl(one / "metrics.jsonl")[0]["world_size"] == 1
+
+
+def test_shipped_accelerate_configs_are_what_the_readme_says():
+    configs = WORKTREE / "configs" / "accelerate"
+    ddp = yaml.safe_load((configs / "multi_gpu.yaml").read_text())
+    fsdp = yaml.safe_load((configs / "fsdp_qlora.yaml").read_text())
+    assert ddp["distributed_type"] == "MULTI_GPU" and fsdp["distributed_type"] == "FSDP"
+    # the peft / bitsandbytes FSDP-QLoRA requirements
+    assert fsdp["fsdp_config"]["fsdp_use_orig_params"] is False
+    assert fsdp["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] is True
+    assert fsdp["fsdp_config"]["fsdp_sync_module_states"] is True
+
+
+def test_under_fsdp_the_4bit_weights_are_stored_in_the_compute_dtype(monkeypatch):
+    import torch
+
+    from star_lite.config import ModelConfig
+    from star_lite.models import bnb_config, quantized_placement
+
+    assert quantized_placement("cpu") == {"device_map": {"": "cpu"}}
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert bnb_config(ModelConfig(compute_dtype="bfloat16"), "cpu").bnb_4bit_quant_storage == torch.bfloat16
+    assert quantized_placement("cuda") == {}  # FSDP places the shards
