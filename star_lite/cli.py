@@ -7,6 +7,7 @@ import sys
 import traceback
 
 from .config import ConfigError, load_config
+from .distributed import is_main
 
 EPILOG = """examples:
   star-lite run configs/quickstart.yaml
@@ -70,6 +71,8 @@ def _cmd_compare(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     rows = compare(cfg)
+    if not is_main():  # under accelerate launch rank 0 prints the table
+        return 0
     summary = summarize(cfg, rows)
     ref = summary["reference"]
     print(f"{'method':<24} {'stage':<10} {'mean acc.':>9} {'95% CI (pooled)':>16} {'cost tokens':>12}  "
@@ -106,6 +109,8 @@ def _cmd_run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     rows = run(cfg)
+    if not is_main():
+        return 0
     print(f"{'iteration':>9} {'accuracy':>9} {'95% CI':>13} {'train ex.':>9} {'rationalized':>12} {'seconds':>8}")
     for r in rows:
         ci = f"{r['ci_low']:.2f}-{r['ci_high']:.2f}" if "ci_low" in r else "–"

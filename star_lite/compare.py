@@ -25,6 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .config import Config, ConfigError
 from .loop import log
 from .rundir import append_jsonl, read_jsonl, write_atomic
@@ -247,7 +248,7 @@ def share_iteration0(cfg: Config, seed: int, method: str) -> None:
     follows the seed, else once for all seeds.
     """
     target = seed_dir(cfg, seed) / method
-    if (target / "metrics.jsonl").exists():
+    if (target / "metrics.jsonl").exists() or not distributed.is_main():  # rank 0 writes the run directories
         return
     # any seed's directory will do when the split is fixed, also one this process does not list
     # (seeds run side by side, one process each)
@@ -293,6 +294,8 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
     summary = summarize(cfg, rows)
     write_tables(cfg, rows, summary)
     for x, (_, name) in AXES.items():
+        if not distributed.is_main():
+            break
         fig = plot_comparison(rows, x)
         fig.savefig(out / name)
         plt.close(fig)

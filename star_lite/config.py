@@ -353,6 +353,10 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{dotted}: must be one of {sorted(choices)}, got {value!r}")
+    tp = cfg.sampling.vllm_options.get("tensor_parallel_size", 1)
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ConfigError(f"sampling.vllm_options.tensor_parallel_size: must be a whole number of GPUs, at least "
+                          f"1 (one vLLM engine per node spans that many), got {tp!r}")
     return cfg
 
 

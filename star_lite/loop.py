@@ -15,6 +15,10 @@
 run.budget_tokens / run.budget_seconds are checked after every sampling batch: the iteration that
 spends the budget stops sampling there, trains on what it kept (or stops if it kept nothing),
 is evaluated and recorded with budget_exhausted, and is the last one.
+
+Under ``accelerate launch`` every process runs this same loop: sampling and evaluation split the
+problems between them and gather the results (sampling/sharded.py), training is data-parallel
+(TRL), and only rank 0 writes the run directory (rundir.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .config import Config
 from .evaluation import evaluate_into
 from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
@@ -40,7 +45,8 @@ from .training import release_memory, train_adapter, training_steps
 
 
 def log(msg: str) -> None:
-    print(f"[star_lite] {msg}", file=sys.stderr, flush=True)
+    if distributed.is_main():  # one copy of each line under accelerate launch
+        print(f"[star_lite] {msg}", file=sys.stderr, flush=True)
 
 
 def peak_memory_mb() -> float:
@@ -169,8 +175,9 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
             generator(cfg)(model, tokenizer, prompts, batch_size=cfg.sampling.batch_size,
                            max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
                            top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=phase, on_batch=save)
-        except BudgetExhausted:
-            pass  # what the finished batches drew is saved; the caller trains on it
+        except BudgetExhausted as cut:
+            budget.cut = str(cut)  # also in a process whose own clock had not crossed yet (sharded sampling)
+            # what the finished batches drew is saved; the caller trains on it
     return [done[(p.id, j)] for p, j in wanted if (p.id, j) in done]
 
 
@@ -220,6 +227,8 @@ def validation_stalled(rows: list[dict[str, Any]]) -> str | None:
 
 def clear_unfinished(it_dir: Path) -> None:
     """Remove what an interrupted attempt at this iteration left, except its saved samples."""
+    if not distributed.is_main():  # rank 0 keeps the run directory
+        return
     for name in ("adapter", ".adapter.tmp", "trainer"):
         shutil.rmtree(it_dir / name, ignore_errors=True)
     for name in ("train.jsonl", "eval.jsonl", "validation.jsonl", "samples.jsonl"):
@@ -362,13 +371,14 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept),
                "num_rationalized": num_rationalized, "num_rejected_hint": num_rejected_hint,
                "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
-               "steps": steps, "train_loss": trained.train_loss,
+               "steps": steps, "train_loss": trained.train_loss, "train_world_size": trained.world_size,
                "trained_tokens": trained.trained_tokens,
                "generated_tokens": sum(s["tokens"] for s in all_samples),
                "budget_exhausted": budget.cut is not None,
                "seconds": round(time.time() - t0, 1), **timings, "peak_memory_mb": round(peak_memory_mb())}
         rundir.add_metrics(row)
-        cache.unlink(missing_ok=True)
+        if distributed.is_main():
+            cache.unlink(missing_ok=True)
         log(f"iteration {it}: accuracy {result['accuracy']:.3f} (iteration 0: {finished[0]['accuracy']:.3f})"
             + (f", validation {result['validation_accuracy']:.3f}" if validation else "")
             + f", {steps} steps, {row['seconds']:.0f}s "

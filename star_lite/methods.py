@@ -19,6 +19,7 @@ import copy
 import time
 from typing import Any
 
+from . import distributed
 from .config import Config
 from .evaluation import evaluate_into
 from .loop import budget_spent, keep_examples, log, peak_memory_mb, run as run_star, sample_rationales, start_run
@@ -75,7 +76,7 @@ def rl_summary(trained) -> dict[str, Any]:
             "rl_reward_first": history[0]["reward"] if history else None,
             "rl_reward_last": history[-1]["reward"] if history else None,
             "rl_kl_last": history[-1].get("kl") if history else None,
-            "trained_tokens": trained.trained_tokens}
+            "trained_tokens": trained.trained_tokens, "train_world_size": trained.world_size}
 
 
 def sample_conditioned_rationales(model, tokenizer, task, problems, cfg: Config, cache) -> tuple[list, list]:
@@ -128,7 +129,8 @@ def run_sft_direct(cfg: Config) -> list[dict[str, Any]]:
                                    seed=cfg.run.seed + 1)
     result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
     _finish_row(rundir, 1, "sft-direct", t0, result, num_train_examples=len(examples),
-                steps=cfg.train.start_steps, train_loss=trained.train_loss, trained_tokens=trained.trained_tokens)
+                steps=cfg.train.start_steps, train_loss=trained.train_loss, trained_tokens=trained.trained_tokens,
+                train_world_size=trained.world_size)
     return rundir.metrics()
 
 
@@ -165,8 +167,10 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
         _finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
                     num_rejected_hint=sum(s["leaked"] for s in samples),
                     generated_tokens=sum(s["tokens"] for s in samples + free),
-                    train_loss=trained.train_loss, trained_tokens=trained.trained_tokens)
-        (sft_dir / "samples.partial.jsonl").unlink(missing_ok=True)
+                    train_loss=trained.train_loss, trained_tokens=trained.trained_tokens,
+                    train_world_size=trained.world_size)
+        if distributed.is_main():
+            (sft_dir / "samples.partial.jsonl").unlink(missing_ok=True)
         base = detach_adapter(model)
         del model
         release_memory()
@@ -193,7 +197,8 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
 
     policy = PeftModel.from_pretrained(base, str(sft_dir / "adapter"), is_trainable=True)
     counter: dict[str, int] = {}
-    (rl_dir / "rollouts.jsonl").unlink(missing_ok=True)  # an interrupted attempt's rollouts
+    if distributed.is_main():
+        (rl_dir / "rollouts.jsonl").unlink(missing_ok=True)  # an interrupted attempt's rollouts
     reward = make_reward(task, {p.id: p for p in train}, reward_model=reward_model, tokenizer=tokenizer,
                          reward_model_weight=cfg.rl.reward_model_weight,
                          correctness_weight=cfg.rl.correctness_weight, counter=counter,
@@ -226,7 +231,8 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     rundir, task, train, test, tokenizer, base, _ = started
     t0, it_dir = time.time(), rundir.iter_dir(1)
     counter: dict[str, int] = {}
-    (it_dir / "rollouts.jsonl").unlink(missing_ok=True)  # an interrupted attempt's rollouts
+    if distributed.is_main():
+        (it_dir / "rollouts.jsonl").unlink(missing_ok=True)  # an interrupted attempt's rollouts
     reward = make_reward(task, {p.id: p for p in train}, correctness_weight=1.0, counter=counter,
                          rollouts=it_dir / "rollouts.jsonl")
     set_seed(cfg.run.seed + 1)

@@ -43,6 +43,20 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def process_device(device: str) -> str:
+    """This process's own GPU under ``accelerate launch`` (``cuda:<local rank>``), else ``device``.
+
+    Data-parallel QLoRA needs every process's 4-bit base pinned to its own GPU; with
+    ``device_map="auto"`` one model would spread over all GPUs and train on one.
+
+    >>> process_device("cpu")
+    'cpu'
+    """
+    from .distributed import launched, local_rank
+
+    return f"cuda:{local_rank()}" if device == "cuda" and launched() else device
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
@@ -107,15 +121,30 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def fsdp() -> bool:
+    """True under ``accelerate launch`` with an FSDP config (configs/accelerate/fsdp_qlora.yaml)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 def bnb_config(cfg: ModelConfig, device: str):
     from transformers import BitsAndBytesConfig
 
+    dtype = resolve_dtype(cfg.compute_dtype, device)
+    # FSDP shards float tensors only: store the 4-bit weights in the compute dtype (FSDP-QLoRA)
+    storage = {"bnb_4bit_quant_storage": dtype} if fsdp() else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=resolve_dtype(cfg.compute_dtype, device),
+        bnb_4bit_compute_dtype=dtype,
+        **storage,
     )
+
+
+def quantized_placement(device: str) -> dict[str, Any]:
+    """Where a 4-bit model loads: this process's GPU, or under FSDP nowhere in particular (FSDP
+    places the shards; a device map would pin the whole model to one GPU)."""
+    return {} if fsdp() else {"device_map": {"": process_device(device)}}
 
 
 def load_base_model(cfg: ModelConfig):
@@ -133,14 +162,14 @@ def load_base_model(cfg: ModelConfig):
             raise ModelError(f"model.load_in_4bit is true but bitsandbytes cannot be imported ({err}). "
                              "Install bitsandbytes, or set model.load_in_4bit=false.") from None
         kwargs["quantization_config"] = bnb_config(cfg, device)
-        kwargs["device_map"] = {"": device}
+        kwargs.update(quantized_placement(device))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
         raise ModelError(f"cannot load model '{cfg.name_or_path}': {err}\nGive a local model directory, "
                          f"a Hub id you can reach, or the embedded model name ({', '.join(EMBEDDED_MODELS)}).") from None
     if not cfg.load_in_4bit:
-        model.to(device)
+        model.to(process_device(device))
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

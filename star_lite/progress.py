@@ -1,4 +1,5 @@
-"""Progress bars: widgets in Jupyter, text in a terminal, silent in CI logs and pipes.
+"""Progress bars: widgets in Jupyter, text in a terminal, silent in CI logs and pipes, and shown
+by the first process only under ``accelerate launch``.
 
 One switch covers every bar a run shows: star_lite's own, the trainers' per-step bars and
 transformers' "Loading weights" bars. ``STAR_LITE_PROGRESS=0`` (or ``CI``) turns them off;
@@ -7,12 +8,31 @@ transformers' "Loading weights" bars. ``STAR_LITE_PROGRESS=0`` (or ``CI``) turns
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
+_quiet = 0  # > 0 inside quiet(): an outer bar already counts this work
+
+
+@contextlib.contextmanager
+def quiet():
+    """No bars inside this block (the caller shows one for the whole job)."""
+    global _quiet
+    _quiet += 1
+    try:
+        yield
+    finally:
+        _quiet -= 1
+
 
 def bars_enabled() -> bool:
-    """Whether progress bars are shown: in a notebook or on a terminal, unless switched off."""
+    """Whether progress bars are shown: in a notebook or on a terminal, on the first process,
+    unless switched off."""
+    from .distributed import is_main
+
+    if not is_main():
+        return False
     setting = os.environ.get("STAR_LITE_PROGRESS")
     if setting in ("0", "1"):
         return setting == "1"
@@ -37,4 +57,5 @@ def quiet_libraries() -> None:
 def progress(total: int, desc: str, unit: str = "it"):
     from tqdm.auto import tqdm  # a widget in a notebook, text elsewhere
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not bars_enabled(), leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=_quiet > 0 or not bars_enabled(), leave=False,
+                dynamic_ncols=True)

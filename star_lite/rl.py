@@ -21,9 +21,11 @@ from typing import Any, Callable
 
 import torch
 
+from . import distributed
 from .config import Config
+from .models import (bnb_config, lora_config, process_device, quantized_placement, resolve_device, resolve_dtype,
+                     resolve_model_path)
 from .progress import bars_enabled, quiet_libraries
-from .models import lora_config, resolve_device, resolve_dtype, resolve_model_path, bnb_config
 from .rundir import append_jsonl
 from .stats import wilson
 from .tasks import Problem, Task
@@ -94,11 +96,11 @@ def load_reward_base(cfg: Config, tokenizer):
     device = resolve_device(cfg.model.device)
     kwargs: dict[str, Any] = {"num_labels": 1, "dtype": resolve_dtype(cfg.model.compute_dtype, device)}
     if cfg.model.load_in_4bit:
-        kwargs.update(quantization_config=bnb_config(cfg.model, device), device_map={"": device})
+        kwargs.update(quantization_config=bnb_config(cfg.model, device), **quantized_placement(device))
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model.name_or_path), **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     if not cfg.model.load_in_4bit:
-        model.to(device)
+        model.to(process_device(device))
     return model
 
 
@@ -206,8 +208,8 @@ def make_reward(task: Task, problems: dict[str, Problem], *, reward_model=None, 
 
     def reward(prompts, completions, id, completion_ids=None, trainer_state=None, **_):
         cleaned = [task.clean_completion(c) for c in completions]
-        if counter is not None and completion_ids is not None:
-            counter["tokens"] = counter.get("tokens", 0) + sum(len(x) for x in completion_ids)
+        if counter is not None and completion_ids is not None:  # every process's rollouts (data-parallel)
+            counter["tokens"] = counter.get("tokens", 0) + sum(distributed.gather(sum(len(x) for x in completion_ids)))
         grader = [float(task.is_correct(c, problems[pid])) for c, pid in zip(cleaned, id)]
         scores: list[float | None] = [None] * len(cleaned)
         if reward_model_weight and reward_model is not None:
@@ -217,11 +219,11 @@ def make_reward(task: Task, problems: dict[str, Problem], *, reward_model=None, 
                  for g, s in zip(grader, scores)]
         if rollouts is not None:
             step = trainer_state.global_step if trainer_state is not None else 0
-            append_jsonl(rollouts, [
-                {"step": step, "prompt_id": pid, "completion": c,
-                 "tokens": len(ids) if ids is not None else None, "reward": r, "reward_model": s, "grader": g}
-                for pid, c, ids, r, s, g in zip(id, cleaned, completion_ids or [None] * len(cleaned), total,
-                                                  scores, grader)])
+            rows = [{"step": step, "prompt_id": pid, "completion": c,
+                     "tokens": len(ids) if ids is not None else None, "reward": r, "reward_model": s, "grader": g}
+                    for pid, c, ids, r, s, g in zip(id, cleaned, completion_ids or [None] * len(cleaned), total,
+                                                      scores, grader)]
+            append_jsonl(rollouts, [row for part in distributed.gather(rows) for row in part])  # rank 0 writes
         return total
 
     reward.__name__ = "reward"
@@ -365,9 +367,9 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
 
     class StopAtBudget(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if budget_tokens and counter and counter.get("tokens", 0) >= budget_tokens:
-                control.should_training_stop = True
-            if deadline is not None and time.time() >= deadline:
+            stop = bool(budget_tokens and counter and counter.get("tokens", 0) >= budget_tokens)
+            stop = stop or (deadline is not None and time.time() >= deadline)
+            if distributed.broadcast(stop):  # rank 0's clock decides, so all processes stop at the same step
                 control.should_training_stop = True
 
     args = GRPOConfig(**grpo_args(cfg, out_dir / "rl_trainer"))

@@ -8,7 +8,9 @@
     iter_NNN/eval.jsonl     held-out completions and their grades
     iter_NNN/adapter/       the LoRA adapter (peft.PeftModel.from_pretrained loads it)
 
-Whole files are written to a temporary name and renamed; jsonl appends end in a newline
+Under ``accelerate launch`` only rank 0 writes (the write functions here do nothing in the other
+processes, which hold the same rows in memory), and a metrics row is a point where every process
+waits for the others. Whole files are written to a temporary name and renamed; jsonl appends end in a newline
 and a torn last line is ignored on read. An iteration is finished when its metrics row
 exists; anything of a later iteration is redone, except samples already saved.
 """
@@ -26,6 +28,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import distributed
 from .config import RESUMABLE_KEYS, Config, ConfigError, diff_keys, from_dict
 
 
@@ -53,6 +56,8 @@ def fault_point(name: str) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    if not distributed.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -67,6 +72,8 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    if not distributed.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     _drop_torn_tail(path)
     with open(path, "a") as f:
@@ -125,32 +132,44 @@ class RunDir:
         """Hold the run directory for this process, or raise RunDirBusy naming the holder's PID.
 
         An OS lock (flock) on ``.lock``: the OS drops it when the holder exits or is killed, so
-        nothing is left to clean. Re-entrant within a process (compare -> method -> loop).
+        nothing is left to clean. Re-entrant within a process (compare -> method -> loop). Under
+        ``accelerate launch`` rank 0 takes the lock for the run, and every process learns whether
+        it got it (so a refused run stops in all processes instead of leaving them at a barrier).
         """
         self.check_writable()
         key = str(self.root.resolve())
+        busy = None
         if key in _HELD:
             _HELD[key][1] += 1
-        else:
+        elif distributed.is_main():
             fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise RunDirBusy(f"{self.root} is in use by another star_lite process (PID {holder}); wait for "
-                                 "it to finish or stop it, or choose another run.output_dir") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            _HELD[key] = [fd, 1]
+                busy = (f"{self.root} is in use by another star_lite process (PID {holder}); wait for "
+                        "it to finish or stop it, or choose another run.output_dir")
+            else:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                _HELD[key] = [fd, 1]
+        else:
+            _HELD[key] = [-1, 1]  # rank 0 holds the OS lock for every process
+        busy = distributed.broadcast(busy)
+        if busy:
+            if _HELD.get(key, [0])[0] == -1:
+                del _HELD[key]
+            raise RunDirBusy(busy)
         try:
             yield self
         finally:
             _HELD[key][1] -= 1
             if not _HELD[key][1]:
                 fd = _HELD.pop(key)[0]
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+                if fd >= 0:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
 
     @property
     def metrics_path(self) -> Path:
@@ -166,15 +185,20 @@ class RunDir:
         return {row["iteration"]: row for row in self.metrics()}
 
     def add_metrics(self, row: dict[str, Any]) -> None:
+        """Record a finished iteration (with the run's number of processes, ``world_size``); every
+        process waits here until rank 0 has written it, so all read the same metrics next."""
+        row["world_size"] = distributed.world_size()
         append_jsonl(self.metrics_path, [row])
+        distributed.barrier()
 
     def check_writable(self) -> None:
         """Create the directory; refuse one this process cannot write, naming run.output_dir."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write_test"
-            probe.write_text("")
-            probe.unlink()
+            if distributed.is_main():  # the one process that writes it
+                probe = self.root / ".write_test"
+                probe.write_text("")
+                probe.unlink()
         except OSError as err:
             raise ConfigError(f"run.output_dir: cannot write to '{self.root}' ({err.strerror}). "
                               "Choose a directory you can write, e.g. --set run.output_dir=runs/mine") from None
@@ -199,6 +223,7 @@ class RunDir:
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "changes": {k: {"saved": _get(saved, k), "now": _get(current, k)} for k in changed}}])
         write_atomic(saved_path, yaml.safe_dump(current, sort_keys=False))
+        distributed.barrier()  # every process has read the saved config before it is replaced again
         return changed
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .config import Config
 from .models import fresh_adapter, mark_adapter, resolve_device, resolve_dtype
 from .progress import bars_enabled, quiet_libraries
@@ -34,13 +35,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # the trainer's logged rows with a loss
     train_loss: float | None = None  # the trainer's mean training loss over all steps (logged or not)
     trained_tokens: int = 0  # tokens through forward and backward, padding excluded (the cost axis)
+    world_size: int = 1  # processes the trainer trained on (data-parallel under accelerate launch)
 
     @classmethod
     def from_trainer(cls, trainer, key: str = "loss") -> "TrainResult":
         logs = trainer.state.log_history
         summary = next((h for h in reversed(logs) if "train_loss" in h), {})
         return cls(history=[h for h in logs if key in h], train_loss=summary.get("train_loss"),
-                   trained_tokens=int(trainer.state.num_input_tokens_seen or 0))
+                   trained_tokens=int(trainer.state.num_input_tokens_seen or 0),
+                   world_size=trainer.accelerator.num_processes)
 
 
 def num_steps(iteration: int, start_steps: int, growth: float) -> int:
@@ -165,19 +168,23 @@ def truncate(dataset, max_length: int):
 
 
 def save_adapter(model, target: Path) -> None:
-    """Save a peft adapter under a temporary name and rename it, so ``target`` is always complete."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    """Save a peft adapter under a temporary name and rename it, so ``target`` is always complete.
+    Under accelerate launch rank 0 saves and the others wait for it (a vLLM engine in any process
+    loads the adapter from there)."""
+    if distributed.is_main():
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    distributed.barrier()
     mark_adapter(model, target)
     fault_point("adapter_saved")
 
 
 def remove_if_empty(path: Path) -> None:
     """Drop a trainer's output directory unless a logger (report_to) wrote into it."""
-    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+    if distributed.is_main() and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ FAKE_VLLM = str(Path(__file__).parent / "fake_vllm")
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    import star_lite.vllm_backend as backend
+    import star_lite.sampling.vllm_engine as backend
     import trl.trainer.grpo_trainer  # noqa: F401  TRL looks for vllm once, on import: let it find none
 
     monkeypatch.syspath_prepend(FAKE_VLLM)
@@ -69,7 +69,7 @@ def test_vllm_backend_runs_star_like_the_hf_backend(fake_vllm, tiny_model_dir, t
 
 
 def test_engine_arguments_come_from_the_config_and_vllm_options(fake_vllm, tiny_model_dir, tmp_path):
-    from star_lite.vllm_backend import sampler
+    from star_lite.sampling.vllm_engine import sampler
 
     cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, sampling={
         "backend": "vllm", "vllm_options": {"gpu_memory_utilization": 0.8, "max_model_len": 2048}}))
@@ -80,7 +80,7 @@ def test_engine_arguments_come_from_the_config_and_vllm_options(fake_vllm, tiny_
 
 
 def test_a_bad_engine_option_names_the_config_key(fake_vllm, tiny_model_dir, tmp_path):
-    from star_lite.vllm_backend import sampler
+    from star_lite.sampling.vllm_engine import sampler
 
     cfg = _config(tiny_model_dir, tmp_path, "vllm", vllm_options={"gpu_memory_utilisation": 0.5})
     with pytest.raises(ModelError, match="(?s)gpu_memory_utilisation.*sampling.vllm_options"):
@@ -91,7 +91,7 @@ def test_an_unsaved_adapter_is_refused_not_replaced_by_the_base(fake_vllm, tiny_
     from transformers import AutoModelForCausalLM
 
     from star_lite.models import fresh_adapter
-    from star_lite.vllm_backend import sampler
+    from star_lite.sampling.vllm_engine import sampler
 
     cfg = _config(tiny_model_dir, tmp_path, "vllm")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -101,7 +101,7 @@ def test_an_unsaved_adapter_is_refused_not_replaced_by_the_base(fake_vllm, tiny_
 
 
 def test_a_lora_rank_vllm_cannot_serve_names_the_config_key():
-    from star_lite.vllm_backend import engine_args
+    from star_lite.sampling.vllm_engine import engine_args
 
     with pytest.raises(ModelError, match=r"model.lora_r is 1024.*at most 512"):
         engine_args(from_dict({"model": {"name_or_path": "/m", "lora_r": 1024}, "sampling": {"backend": "vllm"}}))

@@ -50,6 +50,7 @@ def test_set_reaches_any_depth_of_a_mapping():
     ({}, ["star.iterations"], r"expected section.key=value"),
     ({}, ["star.stop_when_validation_stops_rising=true"], r"needs task.num_validation > 0"),
     ({}, ["rest_em.epochs=-1"], r"rest_em.epochs: must be at least 0.0"),
+    ({}, ["sampling.vllm_options.tensor_parallel_size=0"], r"sampling.vllm_options.tensor_parallel_size: must be"),
 ])
 def test_bad_configs_name_the_field(data, overrides, message):
     with pytest.raises(ConfigError, match=message):

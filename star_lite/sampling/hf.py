@@ -1,4 +1,5 @@
-"""Batched generation: left padding, KV cache, eval mode, and a stop per sequence.
+"""The transformers backend (``sampling.backend: hf``): batched generation with left padding,
+KV cache, eval mode, and a stop per sequence.
 
 Each sequence stops at the task's stop strings (the blank line after its answer) or EOS,
 so a batch runs only as long as its longest *answer*, not to the token limit.
@@ -8,18 +9,12 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from .progress import progress
-
-
-@dataclass
-class Generation:
-    text: str  # raw decoded continuation (before cutting at a stop string)
-    num_tokens: int  # tokens generated up to and including the stop, padding excluded
+from ..progress import progress
+from .base import Generation
 
 
 def _num_generated(row: torch.Tensor, pad_id: int | None, eos_ids: set[int]) -> int:
@@ -70,15 +65,6 @@ def _batch_inputs(rows: list[list[int]], prefix_len: int, pad_id: int, device) -
         input_ids.append(r[:prefix_len] + [pad_id] * gap + t)
         mask.append([1] * prefix_len + [0] * gap + [1] * len(t))
     return {"input_ids": torch.tensor(input_ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
-
-
-def generator(cfg) -> Callable[..., list[Generation]]:
-    """The ``generate`` function of ``cfg.sampling.backend``: this module's, or vLLM's (same signature)."""
-    if cfg.sampling.backend == "vllm":
-        from .vllm_backend import sampler
-
-        return sampler(cfg).generate
-    return generate
 
 
 @torch.no_grad()

@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import Config
-from .models import ModelError, adapter_dir, resolve_model_path
-from .progress import progress
-from .sampling import Generation
+from ..config import Config
+from ..models import ModelError, adapter_dir, resolve_model_path
+from ..progress import progress
+from .base import Generation
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices (vllm/config/lora.py)
 CHUNK = 256  # prompts per vLLM call; results are handed to on_batch (and saved) per chunk
@@ -77,7 +77,7 @@ def shutdown() -> None:
 
 
 class VLLMSampler:
-    """``generate`` with sampling.py's signature, run by a vLLM engine."""
+    """``generate`` with the hf backend's signature (sampling/base.py), run by a vLLM engine."""
 
     def __init__(self, args: dict[str, Any]):
         try:
@@ -129,7 +129,7 @@ class VLLMSampler:
                  temperature: float = 0.0, top_p: float = 1.0, stop_strings: Sequence[str] = ("\n\n",),
                  desc: str = "sampling", on_batch: Callable[[list[int], list[Generation]], None] | None = None,
                  share_prefix: bool = True) -> list[Generation]:
-        """Like ``sampling.generate``; ``batch_size`` and ``share_prefix`` are vLLM's business here."""
+        """Like ``sampling.hf.generate``; ``batch_size`` and ``share_prefix`` are vLLM's business here."""
         params = self._vllm.SamplingParams(
             n=1, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
             stop=list(stop_strings), include_stop_str_in_output=True)  # raw text, as the HF backend gives it
