@@ -71,8 +71,10 @@ def plain_generate(model, tokenizer, prompts: list[str], batch_size: int, max_ne
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=list(stop_strings),
                              tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
-        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
-        tokens += sum(_num_generated(row, tokenizer.pad_token_id, eos) for row in new)
+        batch = tokenizer.batch_decode(new, skip_special_tokens=True)
+        texts += batch
+        tokens += sum(_num_generated(row, tokenizer.pad_token_id, eos, text, stop_strings)
+                      for row, text in zip(new, batch))
     return texts, tokens
 
 

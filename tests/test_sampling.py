@@ -1,5 +1,7 @@
 """The fast sampler gives plain `generate`'s greedy outputs token for token."""
 
+import os
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -12,13 +14,16 @@ from star_lite.tasks import load_task
 from conftest import tiny_config_dict
 
 
-def _plain_generate(model, tok, prompts, batch_size, max_new_tokens, stop):
+def _plain_generate(model, tok, prompts, max_new_tokens, stop):
+    """Plain `generate`, one prompt at a time (no padding to tell apart from an EOS): (decoded text,
+    generated token ids, up to and including the stop or EOS) per prompt."""
     out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+    for prompt in prompts:
+        enc = tok([prompt], return_tensors="pt")
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=list(stop),
                              tokenizer=tok, pad_token_id=tok.pad_token_id)
-        out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        row = ids[0, enc["input_ids"].shape[1]:].tolist()
+        out.append((tok.decode(row, skip_special_tokens=True), tuple(row)))
     return out
 
 
@@ -37,14 +42,29 @@ def test_fast_sampler_equals_plain_generate(tiny_model_dir, tmp_path, with_adapt
         model.eval()
     task = load_task("arithmetic", min_digits=1, max_digits=3, rationale="plain")
     prompts = [task.prompt(p, num_few_shot=3) for p in task.load("test", 13, 0)]
-    fast = generate(model, tok, prompts, batch_size=5, max_new_tokens=12, stop_strings=task.stop_strings)
-    plain = _plain_generate(model, tok, prompts, 5, 12, task.stop_strings)
-    # the fast sampler sorts by length; compare per prompt
-    assert [g.text for g in fast] == plain
-    assert all(0 < g.num_tokens <= 12 for g in fast)
-    unshared = generate(model, tok, prompts, batch_size=5, max_new_tokens=12, stop_strings=task.stop_strings,
-                        share_prefix=False)
-    assert [g.text for g in unshared] == plain
+    # the tiny random model never writes a blank line: stop also at a word it writes mid-way, so stops happen
+    free = _plain_generate(model, tok, prompts, 12, ("\n\n",))
+    word = tok.decode(free[0][1][5:6])
+    stop = ("\n\n", word)
+    plain = _plain_generate(model, tok, prompts, 12, stop)
+    for share_prefix in (True, False):
+        fast = generate(model, tok, prompts, batch_size=5, max_new_tokens=12, stop_strings=stop,
+                        share_prefix=share_prefix)
+        # the fast sampler sorts by length; compare per prompt, token for token
+        assert [g.token_ids for g in fast] == [ids for _, ids in plain]
+        assert [g.text for g in fast] == [text for text, _ in plain]
+        assert all(g.num_tokens == len(g.token_ids) for g in fast)
+    # each sequence ends at its first stop string, or at the token limit
+    stopped = 0
+    for g in fast:
+        text = tok.decode(g.token_ids, skip_special_tokens=True)
+        before = tok.decode(g.token_ids[:-1], skip_special_tokens=True)
+        if any(s in text for s in stop):
+            stopped += 1
+            assert not any(s in before for s in stop), (text, "ran past its stop")
+        else:
+            assert g.num_tokens == 12 or g.token_ids[-1] == tok.eos_token_id, text
+    assert stopped > 0, "no sequence stopped: the test shows nothing about stopping"
 
 
 def test_shared_prefix_and_middle_padding():
@@ -67,7 +87,13 @@ def test_bench_smoke_prints_side_by_side_figures(tiny_model_dir, tmp_path, capsy
         assert line in out
     assert result["differing_sequences"] == 0
     assert all(result["median"][k] > 0 for k in ("fast_tps", "plain_tps", "sft_tps", "sft_padded_tps"))
-    assert result["peak_memory_mb"] >= result["peak_memory_mb_sampling"] > 0
+    # peaks in MB: at least the weights the process holds, at most the machine's memory (a KiB/MB slip fails)
+    weights_mb = sum(p.numel() * p.element_size() for p in
+                     AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters()) / 2**20
+    machine_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    for key in ("peak_memory_mb_sampling", "peak_memory_mb"):
+        assert weights_mb < result[key] < machine_mb, (key, result[key], weights_mb)
+    assert f"{result['peak_memory_mb']:10.0f}" in out
     assert 0.0 <= result["sft_padding_share"] < 1.0
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Protocol, Sequence
 class Generation:
     text: str  # raw decoded continuation (before cutting at a stop string)
     num_tokens: int  # tokens generated up to and including the stop, padding excluded
+    token_ids: tuple[int, ...] = ()  # those tokens (empty where a backend does not give them)
 
 
 OnBatch = Callable[[list[int], list[Generation]], None]  # (prompt indices, their generations), after each batch

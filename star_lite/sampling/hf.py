@@ -17,15 +17,20 @@ from ..progress import progress
 from .base import Generation
 
 
-def _num_generated(row: torch.Tensor, pad_id: int | None, eos_ids: set[int]) -> int:
-    n = 0
-    for tok in row.tolist():
-        if tok in eos_ids:
-            return n + 1
-        if tok == pad_id:  # finished by a stop string; the rest is padding
+def _num_generated(row: torch.Tensor, pad_id: int | None, eos_ids: set[int], text: str,
+                   stop_strings: Sequence[str]) -> int:
+    """Tokens a row generated, up to and including its stop or EOS, padding excluded. Where the pad
+    token is also an EOS token (SmolLM2), the first pad after a stop string is padding, not an EOS
+    the model wrote: ``text`` (the row decoded) tells them apart."""
+    ids = row.tolist()
+    for k, tok in enumerate(ids):
+        if tok in eos_ids or tok == pad_id:
             break
-        n += 1
-    return n
+    else:
+        return len(ids)  # ran to the token limit
+    if tok in eos_ids and not (tok == pad_id and any(s in text for s in stop_strings)):
+        return k + 1  # the model wrote EOS
+    return k  # finished by a stop string; the rest is padding
 
 
 def shared_prefix(rows: list[list[int]], min_len: int = 16) -> list[int]:
@@ -121,8 +126,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
                 continue
             start += len(idx)
             new = out[:, enc["input_ids"].shape[1]:]
-            batch = [Generation(tokenizer.decode(row, skip_special_tokens=True),
-                                _num_generated(row, tokenizer.pad_token_id, eos_ids)) for row in new]
+            texts = [tokenizer.decode(row, skip_special_tokens=True) for row in new]
+            counts = [_num_generated(row, tokenizer.pad_token_id, eos_ids, text, stop_strings)
+                      for row, text in zip(new, texts)]
+            batch = [Generation(text, n, tuple(row[:n].tolist())) for row, text, n in zip(new, texts, counts)]
             for i, g in zip(idx, batch):
                 results[i] = g
             if on_batch is not None:

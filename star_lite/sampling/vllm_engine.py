@@ -142,7 +142,8 @@ class VLLMSampler:
             for start in range(0, len(prompts), CHUNK):
                 chunk = list(prompts[start:start + CHUNK])
                 outputs = self.llm.generate(chunk, params, use_tqdm=False, lora_request=lora)
-                batch = [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outputs]
+                batch = [Generation(o.outputs[0].text, len(o.outputs[0].token_ids), tuple(o.outputs[0].token_ids))
+                         for o in outputs]
                 results += batch
                 if on_batch is not None:
                     on_batch(list(range(start, start + len(chunk))), batch)
