@@ -10,6 +10,7 @@ from star_lite.config import ConfigError, from_dict
 from star_lite.loop import run
 from star_lite.models import load_base_model
 from star_lite.rundir import read_jsonl
+from star_lite.tasks import load_task
 
 from conftest import tiny_config_dict
 
@@ -47,8 +48,14 @@ def test_two_iterations_write_the_run_directory(finished_run):
         assert len(kept) == row["num_train_examples"] > 0
         assert all((k["id"], "rationalization" if k["rationalized"] else "rationale") in correct_ids for k in kept)
         assert row["num_rationalized"] == sum(k["rationalized"] for k in kept) > 0
+        # a rationalized example trains on the bare question (no few-shot prefix, no hint), and what
+        # the model wrote under the hint is saved without the hint's words
+        task = load_task(cfg.task.name, **cfg.task.options)
+        problems = {p.id: p for p in task.load("train", cfg.task.num_train, cfg.run.seed)}
         for k in kept:
-            assert "Hint" not in k["prompt"] and k["prompt"].startswith("Q: ") and k["prompt"].endswith("\nA:")
+            p = problems[k["id"]]
+            assert k["prompt"] == task.format_question(p) != task.format_question(p, hint=True)
+            assert task.format_hint(p)[len(p.question):].strip() not in k["completion"]
         assert len({(k["prompt"], k["completion"]) for k in kept}) == len(kept)
         assert len(evals) == cfg.task.num_test and row["accuracy"] == sum(e["correct"] for e in evals) / len(evals)
         assert row["steps"] == int(3 * 1.2 ** (it - 1))
