@@ -119,7 +119,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         # padding-free flattens each batch into one row; TRL then leaves truncation to us (below)
         max_length=None if cfg.train.padding_free else cfg.train.max_length,
         padding_free=cfg.train.padding_free,
-        **({"gradient_checkpointing": True} if cfg.train.gradient_checkpointing else {}),
+        gradient_checkpointing=cfg.train.gradient_checkpointing,  # TRL's default is on: recomputes every layer
         completion_only_loss=True,
         include_num_input_tokens_seen="non_padding",  # the comparison's cost counts trained tokens
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
@@ -128,7 +128,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         save_strategy="no",
         seed=cfg.run.seed,
         use_cpu=device == "cpu",
-        bf16=device == "cuda" and dtype == torch.bfloat16,
+        bf16=(device == "cuda" and dtype == torch.bfloat16) or os.environ.get("XBF16") == "1",
         fp16=device == "cuda" and dtype == torch.float16,
         disable_tqdm=bool(os.environ.get("CI")) or os.environ.get("STAR_LITE_PROGRESS") == "0",
         dataset_num_proc=None,
