@@ -171,7 +171,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         # padding-free flattens each batch into one row; TRL then leaves truncation to us (below)
         max_length=None if cfg.train.padding_free else cfg.train.max_length,
         padding_free=cfg.train.padding_free,
-        gradient_checkpointing=cfg.train.gradient_checkpointing,  # TRL's default is on: recomputes every layer
+        activation_checkpointing=cfg.train.gradient_checkpointing,  # TRL defaults it on: every layer computed twice
         completion_only_loss=True,
         include_num_input_tokens_seen="non_padding",  # the comparison's cost counts trained tokens
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away

@@ -66,7 +66,7 @@ def test_bench_smoke_prints_side_by_side_figures(tiny_model_dir, tmp_path, capsy
                  "padding in padded SFT batches", "peak memory MB, sample + train + evaluate"):
         assert line in out
     assert result["differing_sequences"] == 0
-    assert all(result["median"][k] > 0 for k in ("fast_tps", "plain_tps", "sft_tps", "sft_padded_tps"))
+    assert all(result["median"][k] > 0 for k in ("fast_tps", "plain_tps", "sft_tps", "sft_trl_tps"))
     assert result["peak_memory_mb"] >= result["peak_memory_mb_sampling"] > 0
     assert 0.0 <= result["sft_padding_share"] < 1.0
 
