@@ -84,7 +84,13 @@ class TrainConfig:
     batch_size: int = 8  # paper: 8 sequences
     gradient_accumulation_steps: int = 1
     max_length: int = 512
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1.3x slower (TRL's default is on)
+    # CPU: bfloat16 autocast where the CPU multiplies bfloat16 natively (AVX512-BF16, AMX); LoRA weights and
+    # optimizer state stay float32. GPU: as model.compute_dtype says. (README Speed, with accuracy)
+    autocast: str = "auto"  # auto | bfloat16 | off
+    # which LM head computes the loss: "completion" projects only the positions the loss scores (transformers'
+    # logits_to_keep), "trl" is TRL's chunked fused head, which also logs entropy and token accuracy
+    lm_head: str = "auto"  # auto: completion on CPU, trl on GPU (Triton kernels; never builds the full logits)
     padding_free: bool = True  # one row per batch, no padding tokens (TRL padding_free); same loss (README Speed)
     weight_decay: float = 0.0
     logging_steps: int = 10
@@ -191,6 +197,7 @@ RESUMABLE_KEYS = {
     "eval.batch_size",
     "train.logging_steps",
     "train.padding_free",
+    "train.lm_head",
     "train.report_to",
     "run.output_dir",
     "run.budget_tokens",
@@ -253,6 +260,8 @@ _CHOICES = {
     "model.compute_dtype": {"auto", "float32", "bfloat16", "float16"},
     "model.device": {"auto", "cpu", "cuda"},
     "sampling.backend": {"hf", "vllm"},
+    "train.autocast": {"auto", "bfloat16", "off"},
+    "train.lm_head": {"auto", "completion", "trl"},
     "rl.reward_model_init": {"base", "sft"},
 }
 

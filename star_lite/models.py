@@ -63,6 +63,15 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def native_bfloat16(device: str) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere torch emulates bfloat16 on a CPU, slower than float32)."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def embedded_model_path(name: str) -> Path:
     """Convert an embedded GGUF model once into a transformers checkpoint; return its directory."""
     package, gguf_file = EMBEDDED_MODELS[name]

@@ -19,7 +19,7 @@ import torch
 
 from . import distributed
 from .config import Config
-from .models import fresh_adapter, mark_adapter, resolve_device, resolve_dtype
+from .models import fresh_adapter, mark_adapter, native_bfloat16, resolve_device, resolve_dtype
 from .progress import bars_enabled, quiet_libraries
 from .rundir import fault_point
 
@@ -73,6 +73,57 @@ def training_steps(iteration: int, num_examples: int, train) -> int:
     return scheduled
 
 
+def uses_bf16_autocast(setting: str, device: str, dtype: torch.dtype) -> bool:
+    """Whether SFT runs under bfloat16 autocast (``train.autocast``). The trainable LoRA weights and the
+    optimizer state stay float32 either way; only the matmuls run in bfloat16.
+
+    >>> uses_bf16_autocast("off", "cpu", torch.float32), uses_bf16_autocast("bfloat16", "cpu", torch.float32)
+    (False, True)
+    """
+    if setting != "auto":
+        return setting == "bfloat16"
+    if device == "cuda":
+        return dtype == torch.bfloat16  # a GPU trains in the model's compute dtype
+    return dtype == torch.float32 and native_bfloat16(device)  # emulated bfloat16 is slower than float32
+
+
+def lm_head_kind(setting: str, device: str) -> str:
+    """``train.lm_head`` resolved: "completion" on a CPU, "trl" (TRL's chunked Triton head) on a GPU."""
+    if setting != "auto":
+        return setting
+    return "completion" if device == "cpu" else "trl"
+
+
+def _trainer_class(lm_head: str):
+    """TRL's SFTTrainer, or (``lm_head="completion"``) one whose loss projects only the scored positions.
+
+    TRL's fused head scores every position on a device without Triton (prompt tokens included), and
+    computes each token's entropy and top-1 accuracy over the whole vocabulary for its logs; on a CPU
+    that is about a third of a step for a 49k vocabulary. Nothing here reads those logs.
+    """
+    from trl import SFTTrainer
+
+    if lm_head == "trl":
+        return SFTTrainer
+
+    class CompletionLossTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            scored = torch.zeros_like(labels, dtype=torch.bool)  # positions whose next token the loss scores
+            scored[:, :-1] = labels[:, 1:] != -100
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**model_inputs, use_cache=False, logits_to_keep=scored)
+            logits = outputs.logits.reshape(-1, outputs.logits.size(-1))
+            targets = labels[:, 1:][scored[:, :-1]]
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            # the same normalisation as TRL's: tokens of the whole accumulated batch when the Trainer gives them
+            count = targets.numel() if num_items_in_batch is None else num_items_in_batch
+            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+            return (loss, outputs) if return_outputs else loss
+
+    return CompletionLossTrainer
+
+
 def _callbacks():
     from transformers import TrainerCallback
 
@@ -103,13 +154,14 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     """
     from datasets import Dataset
     from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     quiet_libraries()
     if not examples:
         raise TrainingError("no training examples")
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.compute_dtype, device)
+    bf16 = uses_bf16_autocast(cfg.train.autocast, device, dtype)
     set_seed(seed)
     model = fresh_adapter(base, cfg.model)
     if cfg.train.gradient_checkpointing:
@@ -126,7 +178,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         # padding-free flattens each batch into one row; TRL then leaves truncation to us (below)
         max_length=None if cfg.train.padding_free else cfg.train.max_length,
         padding_free=cfg.train.padding_free,
-        **({"gradient_checkpointing": True} if cfg.train.gradient_checkpointing else {}),
+        activation_checkpointing=cfg.train.gradient_checkpointing,  # TRL defaults it on: every layer computed twice
         completion_only_loss=True,
         include_num_input_tokens_seen="non_padding",  # the comparison's cost counts trained tokens
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
@@ -135,13 +187,14 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         save_strategy="no",
         seed=cfg.run.seed,
         use_cpu=device == "cpu",
-        bf16=device == "cuda" and dtype == torch.bfloat16,
-        fp16=device == "cuda" and dtype == torch.float16,
+        bf16=bf16,  # autocast (on a CPU too): float32 LoRA weights and optimizer state, bfloat16 matmuls
+        fp16=device == "cuda" and dtype == torch.float16 and not bf16,
         disable_tqdm=not bars_enabled(),
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=_callbacks())
+    trainer_class = _trainer_class(lm_head_kind(cfg.train.lm_head, device))
+    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                            processing_class=tokenizer, callbacks=_callbacks())
     if cfg.train.padding_free:
         trainer.train_dataset = truncate(trainer.train_dataset, cfg.train.max_length)
     trainer.train()

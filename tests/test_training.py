@@ -1,4 +1,5 @@
-"""Padding-free SFT trains the same adapter as padded batches, with no padding tokens."""
+"""Padding-free SFT trains the same adapter as padded batches, with no padding tokens; the speed
+switches (train.lm_head, train.autocast, train.gradient_checkpointing) do what they say."""
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from star_lite.models import load_tokenizer
 from star_lite.tasks import load_task
 from trl import SFTTrainer
 
-from star_lite.training import train_adapter
+from star_lite import training
+from star_lite.training import train_adapter, uses_bf16_autocast
 
 from conftest import tiny_config_dict
 
@@ -30,13 +32,13 @@ def _lora_weights(model):
 def batches(monkeypatch):
     """The batches the real trainer (TRL's collator included) hands to the model, as they reach the loss."""
     seen = []
-    compute_loss = SFTTrainer.compute_loss
+    training_step = SFTTrainer.training_step  # star_lite's own loss (train.lm_head) is a subclass's compute_loss
 
     def spy(self, model, inputs, *args, **kwargs):
         seen.append({k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)})
-        return compute_loss(self, model, inputs, *args, **kwargs)
+        return training_step(self, model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(SFTTrainer, "compute_loss", spy)
+    monkeypatch.setattr(SFTTrainer, "training_step", spy)
     return seen
 
 
@@ -121,3 +123,65 @@ def test_train_loss_and_tokens_are_recorded_when_no_step_was_logged(tiny_model_d
     # 2 steps of 2 examples: every token of the 4 examples went through forward and backward once
     lengths = [len(tok(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in examples]  # + EOS
     assert trained.trained_tokens == pytest.approx(sum(lengths), abs=len(examples))
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_completion_head_trains_the_same_adapter_as_trls_head(tiny_model_dir, tmp_path, padding_free):
+    tok = load_tokenizer(str(tiny_model_dir))
+    examples = _examples(12)
+    results = {}
+    for head in ("trl", "completion"):
+        cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                         train={"lm_head": head, "padding_free": padding_free,
+                                                "gradient_accumulation_steps": 2}))
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        model, trained = train_adapter(base, tok, examples, cfg, 3, tmp_path / head, seed=1)
+        results[head] = ([h["loss"] for h in trained.history], _lora_weights(model), trained.history)
+    (trl_loss, trl_w, trl_hist), (own_loss, own_w, own_hist) = results["trl"], results["completion"]
+    assert len(trl_loss) == 3 and own_loss == pytest.approx(trl_loss, rel=1e-4)
+    for k in trl_w:
+        torch.testing.assert_close(own_w[k], trl_w[k], rtol=1e-3, atol=1e-5)
+    assert any(trl_w[k].abs().sum() > 0 for k in trl_w if "lora_B" in k)
+    # what the completion head saves: TRL's per-token metrics, which nothing here reads
+    assert "mean_token_accuracy" in trl_hist[0] and "mean_token_accuracy" not in own_hist[0]
+
+
+def _lm_head_dtypes(tiny_model_dir, tmp_path, autocast: str) -> tuple[set, dict]:
+    tok = load_tokenizer(str(tiny_model_dir))
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                     train={"autocast": autocast}))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    seen = set()
+    base.lm_head.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+    model, trained = train_adapter(base, tok, _examples(8), cfg, 2, tmp_path / autocast, seed=1)
+    return seen, {"losses": [h["loss"] for h in trained.history], "lora": _lora_weights(model)}
+
+
+def test_bf16_autocast_keeps_lora_weights_float32_and_trains_close_to_float32(tiny_model_dir, tmp_path):
+    seen_bf16, bf16 = _lm_head_dtypes(tiny_model_dir, tmp_path, "bfloat16")
+    seen_fp32, fp32 = _lm_head_dtypes(tiny_model_dir, tmp_path, "off")
+    assert seen_bf16 == {torch.bfloat16} and seen_fp32 == {torch.float32}  # the matmuls ran in bfloat16
+    assert all(w.dtype == torch.float32 for w in bf16["lora"].values())  # the trained weights did not
+    assert bf16["losses"] == pytest.approx(fp32["losses"], rel=2e-2)
+
+
+def test_bf16_autocast_is_automatic_only_where_the_cpu_computes_bfloat16(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(training, "native_bfloat16", lambda device, native=native: native)
+        assert uses_bf16_autocast("auto", "cpu", torch.float32) is native
+    monkeypatch.setattr(training, "native_bfloat16", lambda device: True)
+    assert not uses_bf16_autocast("auto", "cpu", torch.float16)  # a base already in half precision stays as is
+    assert uses_bf16_autocast("auto", "cuda", torch.bfloat16) and not uses_bf16_autocast("auto", "cuda", torch.float32)
+
+
+def test_gradient_checkpointing_stays_off_unless_asked(tiny_model_dir, tmp_path):
+    """TRL's SFTConfig turns gradient checkpointing on by default; train.gradient_checkpointing=false
+    must reach it, or every layer is computed twice."""
+    tok = load_tokenizer(str(tiny_model_dir))
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False}))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    calls = []
+    enable = base.activation_checkpointing_enable  # what the Trainer calls (gradient_checkpointing_* is its old name)
+    base.activation_checkpointing_enable = lambda *a, **k: (calls.append(1), enable(*a, **k))
+    train_adapter(base, tok, _examples(8), cfg, 1, tmp_path, seed=1)
+    assert not cfg.train.gradient_checkpointing and calls == []
