@@ -373,6 +373,10 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
                if s["phase"] == "rationale"]
     pairs = preference_pairs(task, train, samples, cfg.v_star.max_pairs_per_problem)
     write_jsonl(it_dir / "pairs.jsonl", pairs)
+    if not pairs:  # the generator's last row stands; nothing to train a verifier on
+        log("v-star: no question got both a right and a wrong sample in any iteration, so no verifier; sample "
+            "more per problem (v_star.samples_per_problem) or at a higher v_star.temperature")
+        return rundir.metrics()
     reference = rundir.iter_dir(generations[0]) / "adapter"  # V-STaR: from the first SFT generator
     policy = PeftModel.from_pretrained(base, str(reference), is_trainable=True)
     verifier, trained = train_dpo(policy, tokenizer, pairs, cfg, it_dir / "verifier_training", steps=cfg.v_star.steps,
