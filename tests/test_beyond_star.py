@@ -131,3 +131,14 @@ def test_sequence_logprobs_scores_the_completion_alone_whatever_the_padding(tiny
             logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
         want = logps[torch.arange(start - 1, ids.shape[1] - 1), ids[0, start:]].sum().item()
         assert got == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.parametrize("override, field", [("dpo.policy_init=ref", "dpo.policy_init"),
+                                             ("adastar.sample_fraction=0", "adastar.sample_fraction"),
+                                             ("v_star.samples_per_problem=1", "v_star.samples_per_problem"),
+                                             ("dpo.beta=0", "dpo.beta")])
+def test_bad_values_of_the_new_sections_name_their_field(override, field):
+    from star_lite.config import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        from_dict({}, [override])
