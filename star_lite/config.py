@@ -1,7 +1,7 @@
 """Typed run configuration: YAML in, validated dataclasses out.
 
-One level of nesting (model, task, sampling, star, train, eval, rest_em, rl, dpo, v_star, adastar, compare, run). Unknown keys are
-rejected with the closest valid name; wrong types name the field and the expected form.
+One level of nesting (model, task, sampling, star, train, eval, rest_em, rl, dpo, v_star, adastar, compare,
+run). Unknown keys are rejected with the closest valid name; wrong types name the field and the expected form.
 
 >>> cfg = from_dict({"star": {"iterations": 2}}, overrides=["train.start_steps=10"])
 >>> cfg.star.iterations, cfg.train.start_steps
@@ -399,7 +399,8 @@ def validate(cfg: Config) -> Config:
                           f"got {cfg.adastar.sample_fraction!r}")
     for section in ("dpo", "v_star"):
         if getattr(cfg, section).beta <= 0:
-            raise ConfigError(f"{section}.beta: must be above 0 (DPO divides by it), got {getattr(cfg, section).beta!r}")
+            raise ConfigError(f"{section}.beta: must be above 0 (DPO divides by it), "
+                              f"got {getattr(cfg, section).beta!r}")
     if cfg.star.stop_when_validation_stops_rising and not cfg.task.num_validation:
         raise ConfigError("star.stop_when_validation_stops_rising: needs task.num_validation > 0; stopping on "
                           "test accuracy would choose by the numbers the run reports")

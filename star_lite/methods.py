@@ -401,9 +401,11 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     verifier = load_verifier(base, it_dir / "verifier", reference)
     scores = verifier_scores(verifier, tokenizer, [task.format_question(p) for p in test for _ in range(k)],
                              [task.format_completion(t) for t in texts], cfg.v_star.beta)
-    candidates = [{"id": p.id, "sample": j, "completion": texts[i * k + j], "answer": task.extract_answer(texts[i * k + j]),
-                   "correct": task.is_correct(texts[i * k + j], p), "verifier_score": scores[i * k + j],
-                   "tokens": gens[i * k + j].num_tokens} for i, p in enumerate(test) for j in range(k)]
+    candidates = []
+    for n, (p, text) in enumerate(zip((p for p in test for _ in range(k)), texts)):
+        candidates.append({"id": p.id, "sample": n % k, "completion": text, "answer": task.extract_answer(text),
+                           "correct": task.is_correct(text, p), "verifier_score": scores[n],
+                           "tokens": gens[n].num_tokens})
     write_jsonl(it_dir / "candidates.jsonl", candidates)
     row = choose_best_of_k(task, test, candidates, k,
                            greedy={r["id"]: r["correct"] for r in read_jsonl(rundir.iter_dir(last) / "eval.jsonl")})
@@ -442,8 +444,8 @@ def choose_best_of_k(task, problems, candidates: list[dict[str, Any]], k: int,
                 "verifier_score": c["verifier_score"]} for p, c, ok in zip(problems, best, result.pop("correct"))]
     n = len(problems)
     out = {**result, "records": records, f"best_of@{k}": result["accuracy"]}
-    for name, hits in ((f"maj@{k}", [majority_answer([c["answer"] for c in by_id[p.id]]) == p.answer for p in problems]),
-                       (f"pass@{k}", [any(c["correct"] for c in by_id[p.id]) for p in problems]),
+    majority = [majority_answer([c["answer"] for c in by_id[p.id]]) == p.answer for p in problems]
+    for name, hits in ((f"maj@{k}", majority), (f"pass@{k}", [any(c["correct"] for c in by_id[p.id]) for p in problems]),
                        ("greedy_accuracy", [bool(greedy.get(p.id)) for p in problems])):
         low, high = wilson(sum(hits), n)
         out.update({name: sum(hits) / n if n else 0.0, f"{name}_ci_low": low, f"{name}_ci_high": high})

@@ -458,7 +458,8 @@ def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_d
 
 
 @torch.no_grad()
-def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16) -> list[float]:
+def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[str],
+                      batch_size: int = 16) -> list[float]:
     """Sum of the log-probabilities of each completion's tokens after its prompt."""
     device = next(model.parameters()).device
     out: list[float] = []
