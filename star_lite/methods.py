@@ -331,7 +331,7 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
         _finish_row(rundir, it, "dpo", t0, result, num_train_examples=len(kept), num_pairs=len(pairs),
                     num_correct_samples=len(solved), train_accuracy=len(solved) / len(train), steps=steps,
                     train_loss=sft.train_loss, dpo_steps=_last_logged(dpo.history, "step") or cfg.dpo.steps,
-                    dpo_loss=_last_logged(dpo.history, "loss"),
+                    dpo_loss=dpo.train_loss,  # mean over all steps: logged rows may be none (train.logging_steps)
                     dpo_reward_accuracy=_last_logged(dpo.history, "rewards/accuracies"),
                     trained_tokens=sft.trained_tokens + dpo.trained_tokens,
                     generated_tokens=sum(s["tokens"] for s in samples), budget_exhausted=budget.cut is not None)
@@ -413,7 +413,7 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     result = {key: row.pop(key) for key in ("accuracy", "num_eval", "num_correct", "ci_low", "ci_high",
                                             "accuracy_by_difficulty")}
     _finish_row(rundir, it, "verifier", t0, result, **row, num_pairs=len(pairs), verifier_steps=cfg.v_star.steps,
-                verifier_loss=_last_logged(trained.history, "loss"),
+                verifier_loss=trained.train_loss,
                 verifier_reward_accuracy=_last_logged(trained.history, "rewards/accuracies"),
                 trained_tokens=trained.trained_tokens, generator_iteration=last,
                 eval_tokens=sum(c["tokens"] for c in candidates))

@@ -46,6 +46,7 @@ def test_each_method_writes_its_stages_and_the_comparison_shows_them(beyond_comp
         assert verifier[key] != "", key
     dpo = [r for r in read_jsonl(out / "seed_0" / "dpo" / "metrics.jsonl") if r["stage"] == "dpo"]
     assert all(r["num_pairs"] > 0 and r["trained_tokens"] > 0 and r["generated_tokens"] > 0 for r in dpo)
+    assert all(r["dpo_loss"] is not None for r in dpo)
 
 
 def test_v_star_reports_best_of_k_majority_and_greedy_on_the_same_candidates(beyond_compare):
