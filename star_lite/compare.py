@@ -4,7 +4,8 @@
     -> runs/compare/seed_<s>/<method>/   one run directory per seed and method (each resumes)
        comparison.csv                    one row per method x seed x stage: accuracy with its 95%
                                          interval, training examples, generated and trained tokens,
-                                         cost, wall seconds, budget, peak memory (+ pass@k, maj@k)
+                                         cost, wall seconds, budget, peak memory (+ pass@k, maj@k;
+                                         v-star: best_of@k and greedy_accuracy, with intervals)
        comparison.md                     accuracy over seeds (mean +- sd), paired differences
                                          against compare.reference with intervals and McNemar
                                          p-values, then every stage
@@ -86,8 +87,11 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
                        "cumulative_cost_tokens": int(generated + trained), "budget_tokens": cfg.run.budget_tokens,
                        "seconds": r.get("seconds", 0.0), "cumulative_seconds": round(seconds, 1),
                        "budget_seconds": cfg.run.budget_seconds, "peak_memory_mb": r.get("peak_memory_mb")}
-                row.update({k: round(v, 4) for k, v in r.items() if k.startswith(("pass@", "maj@"))})
-                for key in ("num_rejected_hint", "reward_model_pair_accuracy", "reward_model_heldout_pairs"):
+                # pass@k, maj@k; v-star's best-of-k and greedy on the same candidates, with their intervals
+                row.update({k: round(v, 4) for k, v in r.items()
+                            if k.startswith(("pass@", "maj@", "best_of@", "greedy_accuracy")) and v is not None})
+                for key in ("num_rejected_hint", "reward_model_pair_accuracy", "reward_model_heldout_pairs",
+                            "num_pairs", "num_sampled_problems"):
                     if r.get(key) is not None:
                         row[key] = round(r[key], 4) if isinstance(r[key], float) else r[key]
                 rows.append(row)

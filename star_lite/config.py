@@ -1,7 +1,7 @@
 """Typed run configuration: YAML in, validated dataclasses out.
 
-One level of nesting (model, task, sampling, star, train, eval, rest_em, rl, compare, run). Unknown keys are
-rejected with the closest valid name; wrong types name the field and the expected form.
+One level of nesting (model, task, sampling, star, train, eval, rest_em, rl, dpo, v_star, adastar, compare,
+run). Unknown keys are rejected with the closest valid name; wrong types name the field and the expected form.
 
 >>> cfg = from_dict({"star": {"iterations": 2}}, overrides=["train.start_steps=10"])
 >>> cfg.star.iterations, cfg.train.start_steps
@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 
-METHODS = ("few-shot", "sft-direct", "star", "star-no-rationalization", "rest-em", "self-motivated", "grpo")
+METHODS = ("few-shot", "sft-direct", "star", "star-no-rationalization", "rest-em", "self-motivated", "grpo",
+           "dpo", "v-star", "adastar")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,7 @@ class StarConfig:
     samples_per_problem: int = 1  # STaR: 1 greedy rationale; ReST-EM samples many at temperature
     max_kept_per_problem: int = 0  # 0 = no cap; ReST-EM keeps at most 10 per problem
     stop_when_validation_stops_rising: bool = False  # paper step 6; needs task.num_validation > 0, never looks at test
+    adaptive_sampling: bool = False  # AdaSTaR: sample a prioritized share of the problems (adastar section)
 
 
 @dataclass
@@ -150,6 +152,41 @@ class RLConfig:
 
 
 @dataclass
+class IterativeDPOConfig:
+    # iterative DPO on the model's own pairs (method dpo): sample, SFT on the right ones, DPO right-over-wrong
+    samples_per_problem: int = 4  # rationales per problem per iteration, so a question can get right and wrong
+    temperature: float = 0.7  # of those samples (greedy gives one rationale, so no pair)
+    max_pairs_per_problem: int = 4  # right-over-wrong pairs per question
+    policy_init: str = "sft"  # sft: DPO continues the SFT adapter (the reference); base: a fresh adapter from the base
+    steps: int = 40  # DPOTrainer steps per iteration
+    learning_rate: float = 5e-5
+    batch_size: int = 8  # pairs per step
+    beta: float = 0.1  # DPO's KL strength (TRL's default)
+    nll_weight: float = 0.0  # > 0: add NLL on the chosen rationale with this weight (Iterative RPO, 2404.19733: 1.0)
+
+
+@dataclass
+class VStarConfig:
+    # V-STaR (Hosseini et al. 2024): STaR's generator sampling many at temperature, a DPO verifier on
+    # all its right and wrong samples across iterations, best-of-k by the verifier at test time
+    samples_per_problem: int = 4  # generator samples per training problem per iteration (paper: 16)
+    temperature: float = 0.7  # of the generator's samples (paper: 0.7)
+    k: int = 8  # test-time candidates per problem: greedy, majority@k and verifier best-of-k on the same k
+    max_pairs_per_problem: int = 8  # verifier pairs per question, over all iterations
+    steps: int = 40  # verifier DPOTrainer steps
+    learning_rate: float = 5e-5
+    batch_size: int = 8
+    beta: float = 0.1  # DPO's beta; the verifier's score is beta * log(pi_verifier / pi_reference)
+
+
+@dataclass
+class AdaSTaRConfig:
+    # AdaSTaR (Koh et al. 2025): each iteration samples only a prioritized share of the problems
+    sample_fraction: float = 0.5  # share of the training problems sampled per iteration (1.0 = all, as STaR)
+    curriculum: bool = True  # mix in easy problems when training accuracy is low (the paper's alpha^2 rule)
+
+
+@dataclass
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     output_dir: str = "runs/compare"
@@ -178,6 +215,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     rest_em: RestEMConfig = field(default_factory=RestEMConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    dpo: IterativeDPOConfig = field(default_factory=IterativeDPOConfig)
+    v_star: VStarConfig = field(default_factory=VStarConfig)
+    adastar: AdaSTaRConfig = field(default_factory=AdaSTaRConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -255,6 +295,23 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "rl.reward_model_weight": (0.0, None),
     "rl.correctness_weight": (0.0, None),
     "model.lora_dropout": (0.0, 1.0),
+    "dpo.samples_per_problem": (1, None),
+    "dpo.temperature": (0.0, None),
+    "dpo.max_pairs_per_problem": (1, None),
+    "dpo.steps": (1, None),
+    "dpo.learning_rate": (0.0, None),
+    "dpo.batch_size": (1, None),
+    "dpo.beta": (0.0, None),
+    "dpo.nll_weight": (0.0, None),
+    "v_star.samples_per_problem": (2, None),
+    "v_star.temperature": (0.0, None),
+    "v_star.k": (1, None),
+    "v_star.max_pairs_per_problem": (1, None),
+    "v_star.steps": (1, None),
+    "v_star.learning_rate": (0.0, None),
+    "v_star.batch_size": (1, None),
+    "v_star.beta": (0.0, None),
+    "adastar.sample_fraction": (0.0, 1.0),
 }
 _CHOICES = {
     "model.compute_dtype": {"auto", "float32", "bfloat16", "float16"},
@@ -263,6 +320,7 @@ _CHOICES = {
     "train.autocast": {"auto", "bfloat16", "off"},
     "train.lm_head": {"auto", "completion", "trl"},
     "rl.reward_model_init": {"base", "sft"},
+    "dpo.policy_init": {"base", "sft"},
 }
 
 
@@ -345,6 +403,13 @@ def validate(cfg: Config) -> Config:
     if cfg.rl.batch_size % cfg.rl.num_generations:
         raise ConfigError(f"rl.batch_size ({cfg.rl.batch_size}) must be a multiple of rl.num_generations "
                           f"({cfg.rl.num_generations}): GRPO scores each prompt's completions as a group")
+    if cfg.adastar.sample_fraction <= 0:
+        raise ConfigError(f"adastar.sample_fraction: must be above 0 (a share of the training problems), "
+                          f"got {cfg.adastar.sample_fraction!r}")
+    for section in ("dpo", "v_star"):
+        if getattr(cfg, section).beta <= 0:
+            raise ConfigError(f"{section}.beta: must be above 0 (DPO divides by it), "
+                              f"got {getattr(cfg, section).beta!r}")
     if cfg.star.stop_when_validation_stops_rising and not cfg.task.num_validation:
         raise ConfigError("star.stop_when_validation_stops_rising: needs task.num_validation > 0; stopping on "
                           "test accuracy would choose by the numbers the run reports")

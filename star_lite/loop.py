@@ -2,7 +2,9 @@
 
     iteration 0: few-shot accuracy of the base model
     for n = 1..N:
-        rationales     the model of iteration n-1 answers every training problem
+        choose         every training problem (AdaSTaR: a prioritized share; the others keep their
+                       last kept rationale)
+        rationales     the model of iteration n-1 answers the chosen problems
         filter         keep rationales whose answer the task's grader accepts
         rationalize    retry the wrong ones with the gold answer as a hint; keep the right ones,
                        saved without the hint and marked rationalized; one that gives the hint
@@ -23,6 +25,8 @@ problems between them and gather the results (sampling/sharded.py), training is 
 
 from __future__ import annotations
 
+import math
+import random
 import resource
 import shutil
 import sys
@@ -225,6 +229,57 @@ def validation_stalled(rows: list[dict[str, Any]]) -> str | None:
             f"than {best['validation_accuracy']:.3f} at iteration {best['iteration']}")
 
 
+def sampling_history(rundir: RunDir, before: int) -> dict[str, list[tuple[int, bool]]]:
+    """Per problem id, (iteration, solved) for every earlier iteration that sampled it, from the saved
+    samples (the model's own rationales; a rationalization does not count as solved)."""
+    history: dict[str, list[tuple[int, bool]]] = {}
+    for it in range(1, before):
+        solved: dict[str, bool] = {}
+        for s in read_jsonl(rundir.iter_dir(it) / "samples.jsonl"):
+            if s["phase"] == "rationale":
+                solved[s["id"]] = solved.get(s["id"], False) or bool(s["correct"])
+        for pid, ok in solved.items():
+            history.setdefault(pid, []).append((it, ok))
+    return history
+
+
+def choose_adaptively(problems: list[Problem], history: dict[str, list[tuple[int, bool]]], fraction: float,
+                      accuracy: float | None, curriculum: bool, seed: int) -> list[Problem]:
+    """AdaSTaR's choice of ``round(fraction * len(problems))`` problems to sample, in problem order.
+
+    Priority (diversity): never solved first, then solved longest ago, then sampled fewest times; ties
+    in a seeded random order. Curriculum: with the last iteration's training ``accuracy`` alpha, only
+    ``alpha**2`` of the places go by priority and the rest to the easiest problems (highest share
+    solved), so a weak model is not fed only problems it fails (the paper's alpha^2 rule).
+
+    >>> from star_lite.tasks import Problem
+    >>> ps = [Problem(str(i), "q", "1") for i in range(4)]
+    >>> h = {"0": [(1, True)], "1": [(1, False)], "2": [(1, True)]}
+    >>> [p.id for p in choose_adaptively(ps, h, 0.5, None, True, seed=0)]  # never solved: 1 and 3
+    ['1', '3']
+    >>> [p.id for p in choose_adaptively(ps, h, 0.5, 0.5, True, seed=0)]  # alpha^2 = 0.25: one hard, one easy
+    ['0', '3']
+    """
+    m = max(1, min(len(problems), round(fraction * len(problems))))
+    tiebreak = {p.id: i for i, p in enumerate(random.Random(seed).sample(problems, len(problems)))}
+
+    def last_solved(pid: str) -> int:
+        return max((it for it, ok in history.get(pid, []) if ok), default=0)
+
+    def times(pid: str) -> int:
+        return len(history.get(pid, []))
+
+    def solved_share(pid: str) -> float:
+        return sum(ok for _, ok in history.get(pid, [])) / times(pid) if times(pid) else 0.0
+
+    ranked = sorted(problems, key=lambda p: (last_solved(p.id), times(p.id), tiebreak[p.id]))
+    by_priority = m if not curriculum or accuracy is None else max(1, math.ceil(accuracy ** 2 * m))
+    chosen, rest = ranked[:by_priority], ranked[by_priority:]
+    easiest = sorted(rest, key=lambda p: (-solved_share(p.id), -last_solved(p.id), tiebreak[p.id]))
+    ids = {p.id for p in chosen + easiest[:m - by_priority]}
+    return [p for p in problems if p.id in ids]
+
+
 def clear_unfinished(it_dir: Path) -> None:
     """Remove what an interrupted attempt at this iteration left, except its saved samples."""
     if not distributed.is_main():  # rank 0 keeps the run directory
@@ -305,9 +360,20 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         budget = Budget.for_iteration(rundir.metrics(), cfg, cache, started=t0)
         few_shot = model is base or cfg.sampling.few_shot_after_training
 
+        # --- choose the problems: all (STaR), or AdaSTaR's prioritized share ---------------
+        problems, carried = train_problems, []
+        if cfg.star.adaptive_sampling:
+            last_row = rundir.finished().get(it - 1, {})
+            problems = choose_adaptively(train_problems, sampling_history(rundir, it), cfg.adastar.sample_fraction,
+                                         last_row.get("train_accuracy") if it > 1 else None,
+                                         cfg.adastar.curriculum, seed=cfg.run.seed + it)
+            chosen = {p.id for p in problems}  # the others keep the rationale they were last trained on
+            carried = [dict(k, carried=True) for k in read_jsonl(rundir.iter_dir(it - 1) / "train.jsonl")
+                       if k["id"] not in chosen]
+
         # --- rationale generation and filtering -------------------------------------------
         t = time.time()
-        samples = sample_rationales(model, tokenizer, task, train_problems, cfg, hint=False, few_shot=few_shot,
+        samples = sample_rationales(model, tokenizer, task, problems, cfg, hint=False, few_shot=few_shot,
                                     cache=cache, num_samples=cfg.star.samples_per_problem, budget=budget)
         timings["seconds_sampling"] = round(time.time() - t, 1)
         solved = {s["id"] for s in samples if s["correct"]}  # problems answered right at least once
@@ -318,19 +384,19 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         rationalized: list[dict[str, Any]] = []
         if cfg.star.rationalization and not budget.cut:
             sampled = {s["id"] for s in samples}
-            wrong = [p for p in train_problems if p.id in sampled and p.id not in solved]
+            wrong = [p for p in problems if p.id in sampled and p.id not in solved]
             rationalized = sample_rationales(model, tokenizer, task, wrong, cfg, hint=True,
                                              few_shot=True, cache=cache, budget=budget)
         timings["seconds_rationalization"] = round(time.time() - t, 1)
         all_samples = samples + rationalized
         write_jsonl(it_dir / "samples.jsonl", all_samples)
-        kept = keep_examples(task, train_problems, all_samples, cfg.star.max_kept_per_problem)
+        kept = keep_examples(task, train_problems, all_samples, cfg.star.max_kept_per_problem) + carried
         write_jsonl(it_dir / "train.jsonl", kept)
-        num_rationalized = sum(k["rationalized"] for k in kept)
+        num_rationalized = sum(k["rationalized"] for k in kept if not k.get("carried"))
         num_rejected_hint = sum(s.get("rejected") == "hint" for s in rationalized)
-        log(f"iteration {it}: {num_correct}/{len(train_problems)} answered right, "
+        log(f"iteration {it}: {num_correct}/{len(problems)} answered right, "
             f"{num_rationalized} rationalized, {num_rejected_hint} rejected for leaking the hint, "
-            f"{len(kept)} training examples")
+            f"{len(kept)} training examples" + (f" ({len(carried)} carried over)" if carried else ""))
         if budget.cut:  # the samples are paid for: train on what they gave, then stop (checked above)
             log(f"iteration {it}: budget reached while sampling ({budget.cut}); sampling stopped after "
                 f"{len(all_samples)} samples" + (", training on what was kept" if kept else ""))
@@ -370,7 +436,9 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         timings["seconds_eval"] = round(time.time() - t, 1)
         row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept),
                "num_rationalized": num_rationalized, "num_rejected_hint": num_rejected_hint,
-               "num_correct_samples": num_correct, "train_accuracy": num_correct / len(train_problems),
+               "num_correct_samples": num_correct, "train_accuracy": num_correct / len(problems),
+               **({"num_sampled_problems": len(problems), "num_carried": len(carried)}
+                  if cfg.star.adaptive_sampling else {}),
                "steps": steps, "train_loss": trained.train_loss, "train_world_size": trained.world_size,
                "trained_tokens": trained.trained_tokens,
                "generated_tokens": sum(s["tokens"] for s in all_samples),

@@ -8,24 +8,33 @@
     self-motivated           rationales conditioned on the gold answer and on wrong ones, ranked by the grader:
                              SFT on the right ones, a reward model on right-over-wrong pairs, RL from SFT
     grpo                     RL from the base model with the task's correctness reward alone
+    dpo                      iterative DPO: k samples per problem, SFT on the right ones, then DPO on
+                             right-over-wrong pairs of the same question, the SFT adapter as reference
+    v-star                   V-STaR: STaR's generator sampling k per problem at temperature, then a DPO
+                             verifier on all its right and wrong samples; best-of-k by the verifier at test
+    adastar                  AdaSTaR: STaR sampling only a prioritized share of the problems each iteration
 
 Each method writes a run directory of the STaR layout; ``metrics.jsonl`` rows carry a
-``stage`` (few-shot, star, sft, sft-direct, rl).
+``stage`` (few-shot, star, sft, sft-direct, rl, dpo, verifier).
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from typing import Any
 
 from . import distributed
 from .config import Config
-from .evaluation import evaluate_into
-from .loop import budget_spent, keep_examples, log, peak_memory_mb, run as run_star, sample_rationales, start_run
-from .models import detach_adapter, fresh_adapter
+from .evaluation import evaluate_into, majority_answer, score
+from .loop import (Budget, budget_spent, build_task, clear_unfinished, keep_examples, log, peak_memory_mb,
+                   run as run_star, sample_rationales, start_run)
+from .models import detach_adapter, fresh_adapter, load_adapter, load_base_model, load_tokenizer
 from .rundir import RunDir, read_jsonl, write_jsonl
-from .training import num_steps, release_memory, train_adapter
+from .sampling import generator
+from .stats import wilson
+from .training import num_steps, release_memory, train_adapter, training_steps
 
 STAGES = {"sft-direct": 1, "self-motivated": 2, "grpo": 1}  # iterations (stages) of the non-loop methods
 
@@ -48,6 +57,12 @@ def method_config(cfg: Config, method: str) -> Config:
         # as many optimizer steps as all of STaR's iterations together
         c.train.start_steps = sum(num_steps(i, cfg.train.start_steps, cfg.train.step_growth)
                                   for i in range(1, cfg.star.iterations + 1))
+    elif method == "v-star":
+        c.star.rationalization = False  # the verifier learns from the model's own attempts, unhinted
+        c.star.samples_per_problem = cfg.v_star.samples_per_problem
+        c.sampling.temperature = cfg.v_star.temperature
+    elif method == "adastar":
+        c.star.adaptive_sampling = True
     if method in STAGES:
         c.star.iterations = STAGES[method]
     return c
@@ -56,7 +71,8 @@ def method_config(cfg: Config, method: str) -> Config:
 def run_method(cfg: Config, method: str) -> list[dict[str, Any]]:
     """Run (or continue) one method with the comparison's shared config; returns its metrics rows."""
     mcfg = method_config(cfg, method)
-    runner = {"sft-direct": run_sft_direct, "self-motivated": run_self_motivated, "grpo": run_grpo}.get(method)
+    runner = {"sft-direct": run_sft_direct, "self-motivated": run_self_motivated, "grpo": run_grpo,
+              "dpo": run_dpo, "v-star": run_v_star}.get(method)
     with RunDir(mcfg.run.output_dir).locked():  # one process per method directory
         return runner(mcfg) if runner else run_star(mcfg)
 
@@ -244,3 +260,203 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     _finish_row(rundir, 1, "rl", t0, result, generated_tokens=counter.get("tokens", 0),
                 **rl_summary(trained))
     return rundir.metrics()
+
+
+def _last_logged(history: list[dict[str, Any]], key: str):
+    return next((h[key] for h in reversed(history) if key in h), None)
+
+
+def run_dpo(cfg: Config) -> list[dict[str, Any]]:
+    """Iterative DPO on the model's own pairs. Each iteration: the last model samples
+    dpo.samples_per_problem rationales per problem; an SFT adapter is trained on the right ones (STaR's
+    phase, fresh from the base); DPO on right-over-wrong pairs of the same question then continues that
+    adapter (dpo.policy_init: sft) or trains a fresh one (base), with the SFT adapter as reference."""
+    from peft import PeftModel
+    from transformers import set_seed
+
+    from .rl import preference_pairs, train_dpo
+
+    started = start_run(cfg)
+    if started is None:
+        return RunDir(cfg.run.output_dir).metrics()
+    rundir, task, train, test, tokenizer, base, finished = started
+    last = max(finished)
+    model = base if last == 0 else load_adapter(base, rundir.iter_dir(last) / "adapter")
+    sample_cfg = copy.deepcopy(cfg)
+    sample_cfg.sampling.temperature = cfg.dpo.temperature
+    for it in range(last + 1, cfg.star.iterations + 1):
+        spent = budget_spent(rundir.metrics(), cfg)
+        if spent:
+            log(f"dpo: budget reached ({spent}); stopping before iteration {it}")
+            break
+        t0, it_dir = time.time(), rundir.iter_dir(it)
+        clear_unfinished(it_dir)
+        for name in ("sft", "dpo_trainer"):
+            shutil.rmtree(it_dir / name, ignore_errors=True)
+        cache = it_dir / "samples.partial.jsonl"  # kept across a restart: sampling resumes from it
+        budget = Budget.for_iteration(rundir.metrics(), cfg, cache, started=t0)
+
+        # --- several rationales per problem, graded ------------------------------------------
+        samples = sample_rationales(model, tokenizer, task, train, sample_cfg, hint=False,
+                                    few_shot=model is base or cfg.sampling.few_shot_after_training, cache=cache,
+                                    num_samples=cfg.dpo.samples_per_problem, budget=budget)
+        write_jsonl(it_dir / "samples.jsonl", samples)
+        kept = keep_examples(task, train, samples)
+        pairs = preference_pairs(task, train, samples, cfg.dpo.max_pairs_per_problem)
+        write_jsonl(it_dir / "train.jsonl", kept)
+        write_jsonl(it_dir / "pairs.jsonl", pairs)
+        solved = {s["id"] for s in samples if s["correct"]}
+        log(f"dpo iteration {it}: {len(solved)}/{len(train)} problems answered right at least once, "
+            f"{len(kept)} right rationales, {len(pairs)} right-over-wrong pairs")
+        if not kept or not pairs:
+            log(f"dpo iteration {it}: no {'right rationale' if not kept else 'pair'} to train on; stopping. Sample "
+                "more per problem (dpo.samples_per_problem) or at a higher dpo.temperature.")
+            break
+
+        # --- SFT on the right ones, fresh from the base: the DPO reference -----------------------
+        base = detach_adapter(model)
+        del model
+        release_memory()
+        steps = training_steps(it, len(kept), cfg.train)
+        sft_model, sft = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
+                                                         for k in kept], cfg, steps, it_dir / "sft",
+                                       seed=cfg.run.seed + it)
+        base = detach_adapter(sft_model)
+        del sft_model
+
+        # --- DPO on right-over-wrong pairs, held to the SFT adapter --------------------------------
+        reference = it_dir / "sft" / "adapter"
+        set_seed(cfg.run.seed + it)
+        policy = (PeftModel.from_pretrained(base, str(reference), is_trainable=True)
+                  if cfg.dpo.policy_init == "sft" else fresh_adapter(base, cfg.model))
+        model, dpo = train_dpo(policy, tokenizer, pairs, cfg, it_dir, steps=cfg.dpo.steps,
+                               learning_rate=cfg.dpo.learning_rate, batch_size=cfg.dpo.batch_size,
+                               beta=cfg.dpo.beta, nll_weight=cfg.dpo.nll_weight, reference=reference)
+        result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg,
+                               few_shot=cfg.sampling.few_shot_after_training)
+        _finish_row(rundir, it, "dpo", t0, result, num_train_examples=len(kept), num_pairs=len(pairs),
+                    num_correct_samples=len(solved), train_accuracy=len(solved) / len(train), steps=steps,
+                    train_loss=sft.train_loss, dpo_steps=_last_logged(dpo.history, "step") or cfg.dpo.steps,
+                    dpo_loss=dpo.train_loss,  # mean over all steps: logged rows may be none (train.logging_steps)
+                    dpo_reward_accuracy=_last_logged(dpo.history, "rewards/accuracies"),
+                    trained_tokens=sft.trained_tokens + dpo.trained_tokens,
+                    generated_tokens=sum(s["tokens"] for s in samples), budget_exhausted=budget.cut is not None)
+        cache.unlink(missing_ok=True)
+        if budget.cut:
+            log(f"dpo iteration {it}: budget reached while sampling ({budget.cut}); last iteration")
+            break
+    return rundir.metrics()
+
+
+def run_v_star(cfg: Config) -> list[dict[str, Any]]:
+    """V-STaR (Hosseini et al. 2024): STaR's generator (v_star.samples_per_problem samples per problem at
+    v_star.temperature, no rationalization; ``method_config``), then one more stage: a verifier trained
+    with DPO on right-over-wrong pairs from all the generator's iterations, starting from and held to the
+    first iteration's SFT adapter. At test time the last generator draws v_star.k candidates per problem;
+    the row reports verifier best-of-k (its accuracy and eval.jsonl), majority@k and greedy on them."""
+    from peft import PeftModel
+
+    from .rl import load_verifier, preference_pairs, train_dpo, verifier_scores
+
+    rows = run_star(cfg)
+    if any(r.get("stage") == "verifier" for r in rows):
+        return rows
+    generations = [r["iteration"] for r in rows if r.get("stage") == "star"]
+    if not generations:
+        log("v-star: the generator trained no adapter; no verifier")
+        return rows
+    rundir, last = RunDir(cfg.run.output_dir), max(generations)
+    t0, it, k = time.time(), last + 1, cfg.v_star.k
+    it_dir = rundir.iter_dir(it)
+    clear_unfinished(it_dir)
+    for name in ("verifier", ".verifier.tmp", "dpo_trainer"):
+        shutil.rmtree(it_dir / name, ignore_errors=True)
+    task, train, test = build_task(cfg)
+    tokenizer, base = load_tokenizer(cfg.model.name_or_path), load_base_model(cfg.model)
+
+    # --- the verifier: DPO on every iteration's right-over-wrong pairs --------------------------
+    samples = [s for j in generations for s in read_jsonl(rundir.iter_dir(j) / "samples.jsonl")
+               if s["phase"] == "rationale"]
+    pairs = preference_pairs(task, train, samples, cfg.v_star.max_pairs_per_problem)
+    write_jsonl(it_dir / "pairs.jsonl", pairs)
+    if not pairs:  # the generator's last row stands; nothing to train a verifier on
+        log("v-star: no question got both a right and a wrong sample in any iteration, so no verifier; sample "
+            "more per problem (v_star.samples_per_problem) or at a higher v_star.temperature")
+        return rundir.metrics()
+    reference = rundir.iter_dir(generations[0]) / "adapter"  # V-STaR: from the first SFT generator
+    policy = PeftModel.from_pretrained(base, str(reference), is_trainable=True)
+    verifier, trained = train_dpo(policy, tokenizer, pairs, cfg, it_dir / "verifier_training", steps=cfg.v_star.steps,
+                                  learning_rate=cfg.v_star.learning_rate, batch_size=cfg.v_star.batch_size,
+                                  beta=cfg.v_star.beta)
+    shutil.move(str(it_dir / "verifier_training" / "adapter"), str(it_dir / "verifier"))
+    shutil.rmtree(it_dir / "verifier_training", ignore_errors=True)
+    base = detach_adapter(verifier)
+    del verifier
+    release_memory()
+
+    # --- k candidates per test problem from the last generator, scored by the verifier -----------
+    gen = load_adapter(base, rundir.iter_dir(last) / "adapter")
+    num_shots = cfg.task.num_few_shot if cfg.sampling.few_shot_after_training else 0
+    prompts = [task.prompt(p, num_few_shot=num_shots) for p in test for _ in range(k)]
+    gens = generator(cfg)(gen, tokenizer, prompts, batch_size=cfg.eval.batch_size,
+                          max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.k_temperature,
+                          top_p=cfg.eval.k_top_p, stop_strings=task.stop_strings, desc=f"candidates @{k}")
+    texts = [task.clean_completion(g.text) for g in gens]
+    base = detach_adapter(gen)
+    del gen
+    verifier = load_verifier(base, it_dir / "verifier", reference)
+    scores = verifier_scores(verifier, tokenizer, [task.format_question(p) for p in test for _ in range(k)],
+                             [task.format_completion(t) for t in texts], cfg.v_star.beta)
+    candidates = []
+    for n, (p, text) in enumerate(zip((p for p in test for _ in range(k)), texts)):
+        candidates.append({"id": p.id, "sample": n % k, "completion": text, "answer": task.extract_answer(text),
+                           "correct": task.is_correct(text, p), "verifier_score": scores[n],
+                           "tokens": gens[n].num_tokens})
+    write_jsonl(it_dir / "candidates.jsonl", candidates)
+    row = choose_best_of_k(task, test, candidates, k,
+                           greedy={r["id"]: r["correct"] for r in read_jsonl(rundir.iter_dir(last) / "eval.jsonl")})
+    write_jsonl(it_dir / "eval.jsonl", row.pop("records"))
+    result = {key: row.pop(key) for key in ("accuracy", "num_eval", "num_correct", "ci_low", "ci_high",
+                                            "accuracy_by_difficulty")}
+    _finish_row(rundir, it, "verifier", t0, result, **row, num_pairs=len(pairs), verifier_steps=cfg.v_star.steps,
+                verifier_loss=trained.train_loss,
+                verifier_reward_accuracy=_last_logged(trained.history, "rewards/accuracies"),
+                trained_tokens=trained.trained_tokens, generator_iteration=last,
+                eval_tokens=sum(c["tokens"] for c in candidates))
+    return rundir.metrics()
+
+
+def choose_best_of_k(task, problems, candidates: list[dict[str, Any]], k: int,
+                     greedy: dict[str, bool]) -> dict[str, Any]:
+    """Verifier best-of-k, majority@k and pass@k on the same k candidates per problem, and greedy, each
+    with its 95% Wilson interval; ``records`` are the best-of-k choices (the stage's eval.jsonl).
+
+    >>> from star_lite.tasks import load_task, Problem
+    >>> t = load_task("arithmetic", min_digits=1, max_digits=1)
+    >>> p = Problem("a", "What is 1 + 1?", "2")
+    >>> c = [{"id": "a", "completion": f"The answer is {x}.", "answer": x, "correct": x == "2",
+    ...       "verifier_score": s} for x, s in (("3", 0.1), ("3", 0.2), ("2", 0.9))]
+    >>> r = choose_best_of_k(t, [p], c, 3, greedy={"a": False})
+    >>> r["accuracy"], r["maj@3"], r["pass@3"], r["greedy_accuracy"]
+    (1.0, 0.0, 1.0, 0.0)
+    """
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for c in candidates:
+        by_id.setdefault(c["id"], []).append(c)
+    best = [max(by_id[p.id], key=lambda c: c["verifier_score"]) for p in problems]
+    result = score(task, problems, [c["completion"] for c in best])
+    records = [{"id": p.id, "question": p.question, "gold": p.answer, "completion": c["completion"],
+                "answer": c["answer"], "correct": ok, "difficulty": task.difficulty(p),
+                "verifier_score": c["verifier_score"]} for p, c, ok in zip(problems, best, result.pop("correct"))]
+    n = len(problems)
+    out = {**result, "records": records, f"best_of@{k}": result["accuracy"]}
+    majority = [majority_answer([c["answer"] for c in by_id[p.id]]) == p.answer for p in problems]
+    for name, hits in ((f"maj@{k}", majority), (f"pass@{k}", [any(c["correct"] for c in by_id[p.id]) for p in problems]),
+                       ("greedy_accuracy", [bool(greedy.get(p.id)) for p in problems])):
+        low, high = wilson(sum(hits), n)
+        out.update({name: sum(hits) / n if n else 0.0, f"{name}_ci_low": low, f"{name}_ci_high": high})
+    right = [c["verifier_score"] for c in candidates if c["correct"]]
+    wrong = [c["verifier_score"] for c in candidates if not c["correct"]]
+    out["verifier_score_right_mean"] = sum(right) / len(right) if right else None
+    out["verifier_score_wrong_mean"] = sum(wrong) / len(wrong) if wrong else None
+    return out

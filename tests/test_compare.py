@@ -21,7 +21,9 @@ from conftest import tiny_config_dict
 
 def _compare_config(model_dir, out, **extra):
     data = tiny_config_dict(model_dir, out / "unused", **extra)
-    data["compare"] = {"methods": list(METHODS), "output_dir": str(out), "seeds": [0]}
+    # dpo, v-star and adastar run end to end in tests/test_beyond_star.py
+    methods = [m for m in METHODS if m not in ("dpo", "v-star", "adastar")]
+    data["compare"] = {"methods": methods, "output_dir": str(out), "seeds": [0]}
     data["rest_em"] = {"samples_per_problem": 3, "max_kept_per_problem": 2}
     data["rl"] = {"wrong_answers_per_problem": 2, "reward_steps": 3, "reward_batch_size": 4, "steps": 2,
                   "num_generations": 2, "batch_size": 4, "learning_rate": 1e-3, "correctness_weight": 0.5}
@@ -183,6 +185,9 @@ def test_method_configs_and_bad_method_name(tiny_model_dir, tmp_path):
     rest = method_config(cfg, "rest-em")
     assert (rest.sampling.temperature, rest.star.samples_per_problem, rest.star.max_kept_per_problem,
             rest.star.rationalization) == (0.7, 8, 10, False)
+    v_star = method_config(cfg, "v-star")
+    assert (v_star.sampling.temperature, v_star.star.samples_per_problem, v_star.star.rationalization) == (0.7, 4, False)
+    assert method_config(cfg, "adastar").star.adaptive_sampling and not method_config(cfg, "star").star.adaptive_sampling
     with pytest.raises(ConfigError, match="compare.methods: unknown method"):
         from_dict({}, ["compare.methods=[star, ppo]"])
     with pytest.raises(ConfigError, match="multiple of rl.num_generations"):
