@@ -46,7 +46,7 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     # one image per plot call: a returned figure is not drawn a second time as the cell's value
     for c in code:
         images = sum("image/png" in o.get("data", {}) for o in c.get("outputs", []))
-        calls = len(re.findall(r"^\s*(?:\w+\s*=\s*)?plot_\w+\(", c.source, flags=re.M))
+        calls = len(re.findall(r"\bplot_\w+\(|\bplt\.(?:subplots|figure)\(", c.source))
         assert images == calls, (c.source, images)
     text = "".join(o.get("text", "") for c in code for o in c.get("outputs", []))
     assert "IProgress not found" not in text  # ipywidgets is there: bars are widgets, not text
