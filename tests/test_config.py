@@ -28,6 +28,16 @@ def test_overrides_and_types():
     assert cfg.model.lora_target_modules == ["q_proj", "v_proj"] and cfg.task.options == {"min_digits": 2, "max_digits": 3}
 
 
+def test_a_bare_off_in_yaml_is_the_word_off_where_a_string_is_expected(tmp_path):
+    # YAML 1.1 reads `off` as false: `--set train.autocast=off` and `autocast: off` in a file must still work
+    assert from_dict({}, ["train.autocast=off"]).train.autocast == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  autocast: off\n")
+    assert load_config(path).train.autocast == "off"
+    with pytest.raises(ConfigError, match="train.lm_head"):
+        from_dict({}, ["train.lm_head=off"])  # still checked against the field's choices
+
+
 def test_set_reaches_any_depth_of_a_mapping():
     cfg = from_dict({"task": {"options": {"data_files": {"train": "a.jsonl"}}}},
                     ["task.options.data_files.test=x.jsonl", "compare.seeds=[1, 2]"])
