@@ -388,8 +388,10 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     verifier, trained = train_dpo(policy, tokenizer, pairs, cfg, it_dir / "verifier_training", steps=cfg.v_star.steps,
                                   learning_rate=cfg.v_star.learning_rate, batch_size=cfg.v_star.batch_size,
                                   beta=cfg.v_star.beta)
-    shutil.move(str(it_dir / "verifier_training" / "adapter"), str(it_dir / "verifier"))
-    shutil.rmtree(it_dir / "verifier_training", ignore_errors=True)
+    if distributed.is_main():  # rank 0 keeps the run directory; the others wait for the move
+        shutil.move(str(it_dir / "verifier_training" / "adapter"), str(it_dir / "verifier"))
+        shutil.rmtree(it_dir / "verifier_training", ignore_errors=True)
+    distributed.barrier()
     base = detach_adapter(verifier)
     del verifier
     release_memory()

@@ -119,6 +119,10 @@ def _trainer_class(lm_head: str):
             # the same normalisation as TRL's: tokens of the whole accumulated batch when the Trainer gives them
             count = targets.numel() if num_items_in_batch is None else num_items_in_batch
             loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # the count is every process's tokens and DDP averages the gradients: scale back up, as the
+                # Trainer's own compute_loss does, or N processes would train at 1/N of the step
+                loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
     return CompletionLossTrainer

@@ -185,3 +185,8 @@ def test_gradient_checkpointing_stays_off_unless_asked(tiny_model_dir, tmp_path)
     base.activation_checkpointing_enable = lambda *a, **k: (calls.append(1), enable(*a, **k))
     train_adapter(base, tok, _examples(8), cfg, 1, tmp_path, seed=1)
     assert not cfg.train.gradient_checkpointing and calls == []
+    # and asked for, it is switched on: the spy sees the call the Trainer makes
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                     train={"gradient_checkpointing": True}))
+    train_adapter(base, tok, _examples(8), cfg, 1, tmp_path / "on", seed=1)
+    assert calls
