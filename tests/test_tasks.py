@@ -130,8 +130,8 @@ def test_gsm8k_row_missing_a_field_names_file_line_and_field(tmp_path):
 
 def test_csv_rows_are_named_by_their_line_even_when_a_field_spans_lines(tmp_path):
     f = tmp_path / "bad.csv"
-    f.write_text('question,answer\n"a,\nlong one",#### 1\n"b",\n')
-    with pytest.raises(DataError, match=r"bad.csv: line 4 is missing required field 'answer'"):
+    f.write_text('question,answer\n"a,\nlong one",#### 1\n\n"b",\n')
+    with pytest.raises(DataError, match=r"bad.csv: line 5 is missing required field 'answer'"):
         load_task("gsm8k", source=str(f)).load("train", 0, 0)
 
 

@@ -44,8 +44,9 @@ def _row_lines(path: Path, fmt: str) -> list[int] | None:
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             reader = csv.reader(f)
             starts, start = [], 1
-            for _ in reader:  # a quoted field may span lines: a row starts after the last one ended
-                starts.append(start)
+            for row in reader:  # a quoted field may span lines: a row starts after the last one ended
+                if row:  # datasets skips blank lines: they are no row
+                    starts.append(start)
                 start = reader.line_num + 1
             return starts[1:]
     return None
