@@ -444,7 +444,7 @@ def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_d
     trainer = DPOTrainer(model=policy, args=args, train_dataset=data, processing_class=tokenizer)
     model = trainer.model
     if reference is not None:
-        if "ref" not in model.peft_config:  # a fresh policy: TRL would use the bare base as reference
+        if "ref" not in model.peft_config:  # TRL 1.16 adds "ref" for any PeftModel; kept for versions that do not
             model.add_adapter("ref", model.peft_config["default"])
         copy_adapter_weights(model, reference, "ref")
         for name, p in model.named_parameters():
