@@ -170,6 +170,10 @@ def test_two_processes_sample_like_one_train_together_and_resume_after_a_kill(ti
     eval_keys = ("id", "completion", "correct")
     assert content(two / "iter_000" / "eval.jsonl", eval_keys) == content(one / "iter_000" / "eval.jsonl", eval_keys)
     assert read_jsonl(one / "metrics.jsonl")[0]["world_size"] == 1
+    # the loss is per token over both processes' batches, not divided by the process count again
+    # (a random model's loss is about ln(vocabulary) whatever the batch: a halved loss is the bug)
+    ratio = rows[1]["train_loss"] / read_jsonl(one / "metrics.jsonl")[1]["train_loss"]
+    assert 0.8 < ratio < 1.25, ratio
 
 
 def test_shipped_accelerate_configs_are_what_the_readme_says():
