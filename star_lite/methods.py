@@ -341,7 +341,8 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
                     dpo_reward_accuracy=_last_logged(dpo.history, "rewards/accuracies"),
                     trained_tokens=sft.trained_tokens + dpo.trained_tokens,
                     generated_tokens=sum(s["tokens"] for s in samples), budget_exhausted=budget.cut is not None)
-        cache.unlink(missing_ok=True)
+        if distributed.is_main():
+            cache.unlink(missing_ok=True)
         if budget.cut:
             log(f"dpo iteration {it}: budget reached while sampling ({budget.cut}); last iteration")
             break

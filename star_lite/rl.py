@@ -381,14 +381,21 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
                                        stop_strings=task.stop_strings)
     match_adapter_dtype(trainer.model, cfg)
     trainer.train()
-    result = TrainResult.from_trainer(trainer, key="reward")
+    model, result = _save_policy(trainer, out_dir, out_dir / "rl_trainer", key="reward")
+    del trainer
+    release_memory()
+    return model, result
+
+
+def _save_policy(trainer, out_dir: Path, work_dir: Path, key: str = "loss"):
+    """After a TRL preference or RL run on a LoRA policy: its TrainResult, and the policy without TRL's
+    frozen "ref" adapter, saved to ``out_dir/adapter`` and in eval mode."""
+    result = TrainResult.from_trainer(trainer, key=key)
     model = trainer.model
     if "ref" in model.peft_config:  # TRL's frozen reference: not part of the trained policy
         model.delete_adapter("ref")
     save_adapter(model, out_dir / "adapter")
-    remove_if_empty(out_dir / "rl_trainer")
-    del trainer
-    release_memory()
+    remove_if_empty(work_dir)
     return model.eval(), result
 
 
@@ -452,14 +459,10 @@ def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_d
                 p.requires_grad_(False)
     match_adapter_dtype(model, cfg)
     trainer.train()
-    result = TrainResult.from_trainer(trainer)
-    if "ref" in model.peft_config:  # the frozen reference is not part of the trained policy
-        model.delete_adapter("ref")
-    save_adapter(model, out_dir / "adapter")
-    remove_if_empty(out_dir / "dpo_trainer")
+    model, result = _save_policy(trainer, out_dir, out_dir / "dpo_trainer")
     del trainer
     release_memory()
-    return model.eval(), result
+    return model, result
 
 
 @torch.no_grad()
