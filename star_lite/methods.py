@@ -38,6 +38,12 @@ from .training import num_steps, release_memory, train_adapter, training_steps
 
 STAGES = {"sft-direct": 1, "self-motivated": 2, "grpo": 1}  # iterations (stages) of the non-loop methods
 
+# The method-specific config sections and the methods that read them. Every other method runs with
+# the section's defaults, so adding or tuning one method in a comparison config never makes the
+# other methods' finished runs refuse to continue ("holds a run with a different config").
+SECTION_READERS = {"rest_em": {"rest-em"}, "rl": {"self-motivated", "grpo"}, "dpo": {"dpo"},
+                   "v_star": {"v-star"}, "adastar": {"adastar"}}
+
 
 def method_config(cfg: Config, method: str) -> Config:
     """The config ``method`` runs with: the shared one plus the method's own settings."""
@@ -65,6 +71,9 @@ def method_config(cfg: Config, method: str) -> Config:
         c.star.adaptive_sampling = True
     if method in STAGES:
         c.star.iterations = STAGES[method]
+    for section, readers in SECTION_READERS.items():
+        if method not in readers and not (section == "adastar" and c.star.adaptive_sampling):
+            setattr(c, section, type(getattr(c, section))())
     return c
 
 

@@ -210,7 +210,7 @@ class RunDir:
         current = cfg.to_dict()
         changed: list[str] = []
         if saved_path.exists():
-            saved = from_dict(yaml.safe_load(saved_path.read_text()) or {}).to_dict()
+            saved = from_dict(with_legacy_values(yaml.safe_load(saved_path.read_text()) or {})).to_dict()
             changed = diff_keys(saved, current)
             refused = [k for k in changed if k not in RESUMABLE_KEYS]
             if refused and self.metrics():
@@ -225,6 +225,21 @@ class RunDir:
         write_atomic(saved_path, yaml.safe_dump(current, sort_keys=False))
         distributed.barrier()  # every process has read the saved config before it is replaced again
         return changed
+
+
+# What a run saved before a key existed did, where that differs from the key's default: such a
+# run is compared against this value, not the default, when it is continued.
+LEGACY_VALUES = {"train.autocast": "off"}  # before the switch, training computed in model.compute_dtype
+
+
+def with_legacy_values(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a config.yaml's dict) with LEGACY_VALUES filled in where it lacks the key."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for dotted, value in LEGACY_VALUES.items():
+        section, key = dotted.split(".")
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section][key] = value
+    return out
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:

@@ -9,6 +9,7 @@ from star_lite.compare import comparison_rows, plot_comparison
 from star_lite.config import METHODS, ConfigError, from_dict
 from star_lite.evaluation import majority_answer, pass_at_k, score_k
 from star_lite.methods import method_config
+from star_lite.rundir import RunDir
 from star_lite.models import load_tokenizer
 from star_lite.rl import (load_reward_base, make_reward, pairwise_accuracy, preference_pairs, reward_scores,
                           split_pairs, train_reward_model)
@@ -190,5 +191,24 @@ def test_method_configs_and_bad_method_name(tiny_model_dir, tmp_path):
     assert method_config(cfg, "adastar").star.adaptive_sampling and not method_config(cfg, "star").star.adaptive_sampling
     with pytest.raises(ConfigError, match="compare.methods: unknown method"):
         from_dict({}, ["compare.methods=[star, ppo]"])
+
+
+def test_a_method_section_does_not_touch_the_runs_of_methods_that_do_not_read_it(tiny_model_dir, tmp_path):
+    # a comparison that gains dpo (or retunes it) continues its finished star runs
+    data = tiny_config_dict(tiny_model_dir, tmp_path)
+    data["compare"] = dict(data.get("compare") or {}, output_dir=str(tmp_path / "cmp"))
+    before = method_config(from_dict(data), "star")
+    RunDir(before.run.output_dir).prepare(before)
+    RunDir(before.run.output_dir).add_metrics({"iteration": 0, "accuracy": 0.5})
+    tuned = ["dpo.steps=7", "v_star.k=3", "rl.steps=2", "rest_em.temperature=0.9", "adastar.sample_fraction=0.3"]
+    after = method_config(from_dict(data, tuned), "star")
+    assert RunDir(after.run.output_dir).prepare(after) == []
+    assert method_config(from_dict(data, tuned), "dpo").dpo.steps == 7
+    assert method_config(from_dict(data, tuned), "v-star").v_star.k == 3
+    assert method_config(from_dict(data, tuned), "grpo").rl.steps == 2
+    assert method_config(from_dict(data, tuned), "adastar").adastar.sample_fraction == 0.3
+    # a setting the method does read still refuses
+    with pytest.raises(ConfigError, match="different config: train.learning_rate"):
+        RunDir(after.run.output_dir).prepare(method_config(from_dict(data, tuned + ["train.learning_rate=0.1"]), "star"))
     with pytest.raises(ConfigError, match="multiple of rl.num_generations"):
         from_dict({}, ["rl.batch_size=6", "rl.num_generations=4"])

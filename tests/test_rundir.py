@@ -1,6 +1,7 @@
 import warnings
 
 import pytest
+import yaml
 
 from star_lite.config import ConfigError, from_dict
 from star_lite.rundir import RunDir, append_jsonl, read_jsonl, write_jsonl
@@ -39,6 +40,18 @@ def test_config_mismatch_is_refused_only_once_something_finished(tmp_path):
     rd.add_metrics({"iteration": 0, "accuracy": 0.5})
     with pytest.raises(ConfigError, match=r"different config: model.lora_r \(saved 16, now 8\)"):
         rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}", "train.learning_rate=0.1", "model.lora_r=8"]))
+
+
+def test_a_config_saved_before_a_key_existed_is_read_with_what_that_code_did(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}"]))
+    rd.add_metrics({"iteration": 0, "accuracy": 0.5})
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["train"]["autocast"]  # written before train.autocast existed: training was not autocast
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"train.autocast \(saved 'off', now 'auto'\)"):
+        rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}"]))
+    assert rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}", "train.autocast=off"])) == []
 
 
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
