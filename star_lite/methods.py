@@ -71,10 +71,15 @@ def method_config(cfg: Config, method: str) -> Config:
         c.star.adaptive_sampling = True
     if method in STAGES:
         c.star.iterations = STAGES[method]
-    for section, readers in SECTION_READERS.items():
-        if method not in readers and not (section == "adastar" and c.star.adaptive_sampling):
-            setattr(c, section, type(getattr(c, section))())
+    for section in unread_sections(c, method):
+        setattr(c, section, type(getattr(c, section))())
     return c
+
+
+def unread_sections(cfg: Config, method: str) -> frozenset[str]:
+    """The method-specific sections ``method`` never reads (with ``cfg``, its method_config)."""
+    return frozenset(section for section, readers in SECTION_READERS.items()
+                     if method not in readers and not (section == "adastar" and cfg.star.adaptive_sampling))
 
 
 def run_method(cfg: Config, method: str) -> list[dict[str, Any]]:
@@ -82,7 +87,12 @@ def run_method(cfg: Config, method: str) -> list[dict[str, Any]]:
     mcfg = method_config(cfg, method)
     runner = {"sft-direct": run_sft_direct, "self-motivated": run_self_motivated, "grpo": run_grpo,
               "dpo": run_dpo, "v-star": run_v_star}.get(method)
-    with RunDir(mcfg.run.output_dir).locked():  # one process per method directory
+    with RunDir(mcfg.run.output_dir).locked() as rundir:  # one process per method directory
+        # a run saved with other values in sections this method never reads continues (runs saved
+        # before method_config reset those sections hold the comparison's values there)
+        changed = rundir.prepare(mcfg, unread_sections(mcfg, method))
+        if changed:
+            log(f"{method}: continuing with changed settings: {', '.join(changed)}")
         return runner(mcfg) if runner else run_star(mcfg)
 
 

@@ -203,8 +203,9 @@ class RunDir:
             raise ConfigError(f"run.output_dir: cannot write to '{self.root}' ({err.strerror}). "
                               "Choose a directory you can write, e.g. --set run.output_dir=runs/mine") from None
 
-    def prepare(self, cfg: Config) -> list[str]:
-        """Create the directory, or check a saved config against ``cfg``; return accepted changes."""
+    def prepare(self, cfg: Config, unread_sections: frozenset[str] = frozenset()) -> list[str]:
+        """Create the directory, or check a saved config against ``cfg``; return accepted changes.
+        Changes in ``unread_sections`` (config sections this run's method never reads) are accepted."""
         self.check_writable()
         saved_path = self.root / "config.yaml"
         current = cfg.to_dict()
@@ -212,7 +213,7 @@ class RunDir:
         if saved_path.exists():
             saved = from_dict(with_legacy_values(yaml.safe_load(saved_path.read_text()) or {})).to_dict()
             changed = diff_keys(saved, current)
-            refused = [k for k in changed if k not in RESUMABLE_KEYS]
+            refused = [k for k in changed if k not in RESUMABLE_KEYS and k.split(".")[0] not in unread_sections]
             if refused and self.metrics():
                 detail = ", ".join(f"{k} (saved {_get(saved, k)!r}, now {_get(current, k)!r})" for k in refused)
                 raise ConfigError(

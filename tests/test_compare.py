@@ -8,7 +8,7 @@ import torch
 from star_lite.compare import comparison_rows, plot_comparison
 from star_lite.config import METHODS, ConfigError, from_dict
 from star_lite.evaluation import majority_answer, pass_at_k, score_k
-from star_lite.methods import method_config
+from star_lite.methods import method_config, unread_sections
 from star_lite.rundir import RunDir
 from star_lite.models import load_tokenizer
 from star_lite.rl import (load_reward_base, make_reward, pairwise_accuracy, preference_pairs, reward_scores,
@@ -210,5 +210,18 @@ def test_a_method_section_does_not_touch_the_runs_of_methods_that_do_not_read_it
     # a setting the method does read still refuses
     with pytest.raises(ConfigError, match="different config: train.learning_rate"):
         RunDir(after.run.output_dir).prepare(method_config(from_dict(data, tuned + ["train.learning_rate=0.1"]), "star"))
+    # a run saved with the comparison's values in those sections (as before method_config reset
+    # them) continues too, as run_method checks it
+    old = from_dict(data, tuned)
+    old.run.output_dir = str(tmp_path / "old")
+    RunDir(old.run.output_dir).prepare(old)
+    RunDir(old.run.output_dir).add_metrics({"iteration": 0, "accuracy": 0.5})
+    now = method_config(from_dict(data), "star")
+    now.run.output_dir = old.run.output_dir
+    with pytest.raises(ConfigError, match="different config: adastar.sample_fraction"):
+        RunDir(old.run.output_dir).prepare(now)
+    with pytest.raises(ConfigError, match="different config: dpo.steps"):  # dpo reads its section
+        RunDir(old.run.output_dir).prepare(now, unread_sections(now, "dpo"))
+    assert "dpo.steps" in RunDir(old.run.output_dir).prepare(now, unread_sections(now, "star"))
     with pytest.raises(ConfigError, match="multiple of rl.num_generations"):
         from_dict({}, ["rl.batch_size=6", "rl.num_generations=4"])
