@@ -94,6 +94,14 @@ class TrainConfig:
     # logits_to_keep), "trl" is TRL's chunked fused head, which also logs entropy and token accuracy
     lm_head: str = "auto"  # auto: completion on CPU, trl on GPU (Triton kernels; never builds the full logits)
     padding_free: bool = True  # one row per batch, no padding tokens (TRL padding_free); same loss (README Speed)
+    # how a padding-free row attends: "segments" runs attention example by example (cost: each example's
+    # length squared), "mask" over the whole row with a block mask (the row's length squared); same result
+    packed_attention: str = "auto"  # auto: segments with padding_free under SDPA/eager attention
+    # under bfloat16 autocast, frozen float32 base weights as a bfloat16 copy for the training (cast once,
+    # not at every matmul; bit-identical; costs half the float32 weights' memory while training)
+    frozen_weights: str = "auto"  # auto: bfloat16 when training autocasts to bfloat16 | as_loaded
+    # LoRA dropout's mask: "fast" draws 16-bit random integers, "torch" is nn.Dropout (one Bernoulli per element)
+    dropout: str = "auto"  # auto: fast on CPU (about 2x cheaper there), torch on GPU
     weight_decay: float = 0.0
     logging_steps: int = 10
     report_to: str = "none"  # any of TRL/transformers' report_to values: tensorboard, trackio, wandb
@@ -238,6 +246,8 @@ RESUMABLE_KEYS = {
     "train.logging_steps",
     "train.padding_free",
     "train.lm_head",
+    "train.packed_attention",
+    "train.frozen_weights",
     "train.report_to",
     "run.output_dir",
     "run.budget_tokens",
@@ -319,6 +329,9 @@ _CHOICES = {
     "sampling.backend": {"hf", "vllm"},
     "train.autocast": {"auto", "bfloat16", "off"},
     "train.lm_head": {"auto", "completion", "trl"},
+    "train.packed_attention": {"auto", "segments", "mask"},
+    "train.frozen_weights": {"auto", "bfloat16", "as_loaded"},
+    "train.dropout": {"auto", "fast", "torch"},
     "rl.reward_model_init": {"base", "sft"},
     "dpo.policy_init": {"base", "sft"},
 }

@@ -7,6 +7,7 @@ an ``adapter/`` directory that exists is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import distributed
+from . import distributed, fastpaths
 from .config import Config
 from .models import fresh_adapter, mark_adapter, native_bfloat16, resolve_device, resolve_dtype
 from .progress import bars_enabled, quiet_libraries
@@ -201,7 +202,14 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
                             processing_class=tokenizer, callbacks=_callbacks())
     if cfg.train.padding_free:
         trainer.train_dataset = truncate(trainer.train_dataset, cfg.train.max_length)
-    trainer.train()
+    with contextlib.ExitStack() as fast:  # each undone after training (fastpaths)
+        if fastpaths.resolve(cfg.train.packed_attention, "segments", cfg.train.padding_free):
+            fast.enter_context(fastpaths.attention_by_segments(model))
+        if fastpaths.resolve(cfg.train.frozen_weights, "bfloat16", True) and bf16:
+            fast.enter_context(fastpaths.bfloat16_frozen_weights(model))
+        if fastpaths.resolve(cfg.train.dropout, "fast", device == "cpu"):
+            fast.enter_context(fastpaths.fast_lora_dropout(model))
+        trainer.train()
     if cfg.train.gradient_checkpointing:  # sampling and evaluation next: KV cache on, no recomputation
         model.base_model.model.gradient_checkpointing_disable()
     result = TrainResult.from_trainer(trainer)

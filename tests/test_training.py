@@ -190,3 +190,91 @@ def test_gradient_checkpointing_stays_off_unless_asked(tiny_model_dir, tmp_path)
                                      train={"gradient_checkpointing": True}))
     train_adapter(base, tok, _examples(8), cfg, 1, tmp_path / "on", seed=1)
     assert calls
+
+
+def _train(tiny_model_dir, tmp_path, name, steps=3, model=None, **train):
+    tok = load_tokenizer(str(tiny_model_dir))
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False, **(model or {})},
+                                     train={"learning_rate": 1e-2, **train}))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model_, trained = train_adapter(base, tok, _examples(12), cfg, steps, tmp_path / name, seed=1)
+    return base, [h["loss"] for h in trained.history], _lora_weights(model_)
+
+
+def test_attention_by_segments_trains_the_same_adapter_as_the_block_mask(tiny_model_dir, tmp_path, monkeypatch):
+    from star_lite import fastpaths
+
+    calls = []
+    segment_attention = fastpaths.segment_attention
+
+    def spy(module, query, *args, **kwargs):
+        calls.append(fastpaths.packed_segments(kwargs.get("position_ids")))
+        return segment_attention(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(fastpaths, "segment_attention", spy)
+    _, mask_loss, mask_w = _train(tiny_model_dir, tmp_path, "mask", packed_attention="mask")
+    assert calls == []
+    base, seg_loss, seg_w = _train(tiny_model_dir, tmp_path, "segments", packed_attention="segments")
+    # every layer of every step attended example by example: 4 examples per padding-free row
+    assert len(calls) == 3 * base.config.num_hidden_layers and all(c is not None and len(c) == 4 for c in calls)
+    assert base.config._attn_implementation == "sdpa"  # the loaded implementation is back for sampling
+    assert seg_loss == pytest.approx(mask_loss, rel=1e-4)
+    for k in mask_w:
+        torch.testing.assert_close(seg_w[k], mask_w[k], rtol=1e-3, atol=1e-5)
+    assert any(mask_w[k].abs().sum() > 0 for k in mask_w if "lora_B" in k)
+
+
+def test_bfloat16_frozen_weights_train_the_identical_adapter_and_are_undone(tiny_model_dir, tmp_path, monkeypatch):
+    seen = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: seen.append(w.dtype) or linear(x, w, b))
+    _, cast_loss, cast_w = _train(tiny_model_dir, tmp_path, "cast", autocast="bfloat16", frozen_weights="as_loaded")
+    assert torch.bfloat16 not in seen  # as loaded: float32 weights, cast by autocast at each matmul
+    seen.clear()
+    base, copy_loss, copy_w = _train(tiny_model_dir, tmp_path, "copy", autocast="bfloat16", frozen_weights="bfloat16")
+    assert torch.bfloat16 in seen and torch.float32 in seen  # the base's copies and the LoRA weights
+    assert copy_loss == cast_loss  # autocast casts to the same values: bit-identical
+    for k in cast_w:
+        torch.testing.assert_close(copy_w[k], cast_w[k], rtol=0, atol=0)
+    assert all(p.dtype == torch.float32 for p in base.parameters())  # the float32 originals are back
+    # off when training does not autocast: the copies would change what float32 training computes
+    seen.clear()
+    _train(tiny_model_dir, tmp_path, "off", steps=1, autocast="off", frozen_weights="bfloat16")
+    assert torch.bfloat16 not in seen
+
+
+def test_bfloat16_frozen_weights_keep_tied_weights_tied():
+    from star_lite.fastpaths import bfloat16_frozen_weights
+
+    a, b, trained = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+    b.weight = a.weight
+    a.weight.requires_grad_(False)
+    model = torch.nn.Sequential(a, b, trained)
+    with bfloat16_frozen_weights(model) as replaced:
+        assert replaced == 2 and a.weight is b.weight and a.weight.dtype == torch.bfloat16  # one copy, shared
+        assert trained.weight.dtype == torch.float32  # a trained weight is never copied
+    assert a.weight is b.weight and a.weight.dtype == torch.float32
+
+
+def test_fast_dropout_drops_at_the_rate_keeps_the_mean_and_is_swapped_only_while_training(tiny_model_dir, tmp_path,
+                                                                                           monkeypatch):
+    from star_lite.fastpaths import FastDropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000)
+    out = FastDropout(0.05).train()(x)
+    assert (out == 0).float().mean().item() == pytest.approx(0.05, abs=0.002)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.003)  # survivors scaled by 1 / (1 - p)
+    assert out.unique().tolist() == [0.0, pytest.approx(1 / 0.95)]
+    assert torch.equal(FastDropout(0.05).eval()(x), x)
+    calls = []
+    forward = FastDropout.forward
+    monkeypatch.setattr(FastDropout, "forward", lambda self, x: calls.append(self.p) or forward(self, x))
+    for setting, used in (("torch", False), ("fast", True)):
+        calls.clear()
+        base, losses, _ = _train(tiny_model_dir, tmp_path, setting, steps=2, model={"lora_dropout": 0.1},
+                                 dropout=setting)
+        assert bool(calls) is used and set(calls) <= {0.1}
+        assert all(x == x for x in losses)  # finite losses
+    # the adapter left on the base after training has torch's dropout modules again
+    assert not any(isinstance(m, FastDropout) for m in base.modules())

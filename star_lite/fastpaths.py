@@ -1,0 +1,154 @@
+"""What SFT computes faster than the libraries' defaults, each behind a ``train.*`` switch.
+
+    train.packed_attention   segments: a padding-free row (several examples end to end) attends
+                             example by example, instead of over the whole row with a block mask
+    train.frozen_weights     bfloat16: under bfloat16 autocast, the frozen float32 base weights are
+                             cast once per training instead of at every matmul (bit-identical)
+    train.dropout            fast: LoRA dropout's mask from 16-bit random integers, not
+                             torch's per-element Bernoulli draw (a CPU cost; same distribution)
+
+Each is on where it helps (``auto``) and is undone when training ends, so sampling and
+evaluation run the model exactly as loaded. README, Speed, has the measurements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+SEGMENTS = "star_lite_segments"  # the attention implementation's registered name
+
+
+def packed_segments(position_ids: torch.Tensor) -> list[int] | None:
+    """Lengths of the examples laid end to end in a padding-free row (position ids restart at 0
+    at each); None when the batch is not one packed row.
+
+    >>> packed_segments(torch.tensor([[0, 1, 2, 0, 1, 0]]))
+    [3, 2, 1]
+    >>> packed_segments(torch.tensor([[0, 1, 2, 3]])) is None
+    True
+    """
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        return None
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return None
+    ends = starts[1:] + [position_ids.shape[1]]
+    return [e - s for s, e in zip(starts, ends)]
+
+
+def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Causal attention over each example of a padding-free row on its own: the same result as the
+    block-diagonal mask, at the cost of the examples' lengths squared rather than the row's. Any
+    other batch goes to transformers' SDPA attention unchanged."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    lengths = packed_segments(kwargs.get("position_ids"))
+    if lengths is None or query.shape[2] != key.shape[2] or kwargs.get("past_key_values") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    # one causal attention call per example, in float32: at these lengths (tens of tokens) CPU SDPA is
+    # faster in float32 than in bfloat16, and a call per example faster than padding them into a batch
+    # (measured, README Speed); the result returns in the input's dtype
+    outputs = [torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout,
+                                                                scale=scaling, is_causal=True)
+               for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2),
+                                  value.split(lengths, dim=2))]
+    return torch.cat(outputs, dim=2).to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _register_segments() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(SEGMENTS, segment_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(SEGMENTS, sdpa_mask)  # the fallback's mask, as SDPA's
+
+
+@contextlib.contextmanager
+def attention_by_segments(model) -> Iterator[None]:
+    """While training, ``model`` (its config) uses segment_attention; the loaded implementation after."""
+    config = model.config
+    before = config._attn_implementation
+    if before not in ("sdpa", "eager"):  # flash attention already splits a packed row itself
+        yield
+        return
+    _register_segments()
+    config._attn_implementation = SEGMENTS
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+@contextlib.contextmanager
+def bfloat16_frozen_weights(model) -> Iterator[int]:
+    """While training under bfloat16 autocast, every frozen float32 weight of a linear layer is a
+    bfloat16 copy: autocast would cast it at each matmul, forward and backward, to the same values.
+    Yields the number of weights replaced; the float32 originals (tied weights included) are back after."""
+    originals: list[tuple[torch.nn.Module, torch.nn.Parameter]] = []
+    copies: dict[int, torch.nn.Parameter] = {}  # one copy per tensor, so tied weights stay tied
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (isinstance(module, torch.nn.Linear) and isinstance(weight, torch.nn.Parameter)
+                and not weight.requires_grad and weight.dtype == torch.float32):
+            if id(weight) not in copies:
+                copies[id(weight)] = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+            originals.append((module, weight))
+            module.weight = copies[id(weight)]
+    try:
+        yield len(originals)
+    finally:
+        for module, weight in originals:
+            module.weight = weight
+
+
+class FastDropout(torch.nn.Module):
+    """Dropout whose mask comes from 16-bit random integers: four per 64-bit draw, against one
+    Bernoulli draw per element in torch's CPU dropout (about twice as fast here). Each element
+    is dropped with probability ``round(p * 32768) / 32768`` (p = 0.05: 0.04999) and the rest
+    scaled by 1 / (1 - p), as nn.Dropout."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = int(round(p * 32768))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+        keep = (draws.view(torch.int16)[:n] & 0x7FFF) >= self.threshold  # 15 uniform bits each
+        return x * keep.view(x.shape) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+@contextlib.contextmanager
+def fast_lora_dropout(model) -> Iterator[int]:
+    """While training, the adapter's dropout modules are FastDropout; yields how many were replaced."""
+    replaced: list[tuple[torch.nn.ModuleDict, str, torch.nn.Module]] = []
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, dropout in dropouts.items():
+                if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+                    replaced.append((dropouts, name, dropout))
+                    dropouts[name] = FastDropout(dropout.p).train(dropout.training)
+    try:
+        yield len(replaced)
+    finally:
+        for dropouts, name, dropout in replaced:
+            dropouts[name] = dropout
+
+
+def resolve(setting: str, on: str, helps: bool) -> bool:
+    """A switch's value: ``auto`` means ``helps``; otherwise whether it is set to ``on``."""
+    return helps if setting == "auto" else setting == on
