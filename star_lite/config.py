@@ -62,6 +62,9 @@ class SamplingConfig:
     top_p: float = 1.0
     few_shot_after_training: bool = False  # trained adapters see the bare question, as in their training data
     backend: str = "hf"  # hf: transformers (everywhere); vllm: a vLLM engine (GPU; pip install star-lite[vllm])
+    # hf, greedy: "shared" keeps the few-shot prefix's keys and values once for the batch, in star_lite's own
+    # decode loop; "copied" copies them into every row for transformers' generate. Same tokens (tested)
+    prefix_attention: str = "auto"  # auto: shared (temperature > 0 always uses generate)
     vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 
 
@@ -241,6 +244,7 @@ RESUMABLE_KEYS = {
     "star.stop_when_validation_stops_rising",
     "sampling.batch_size",
     "sampling.backend",
+    "sampling.prefix_attention",
     "sampling.vllm_options",
     "eval.batch_size",
     "train.logging_steps",
@@ -330,6 +334,7 @@ _CHOICES = {
     "train.autocast": {"auto", "bfloat16", "off"},
     "train.lm_head": {"auto", "completion", "trl"},
     "train.packed_attention": {"auto", "segments", "mask"},
+    "sampling.prefix_attention": {"auto", "shared", "copied"},
     "train.frozen_weights": {"auto", "bfloat16", "as_loaded"},
     "train.dropout": {"auto", "fast", "torch"},
     "rl.reward_model_init": {"base", "sft"},

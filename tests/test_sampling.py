@@ -28,7 +28,12 @@ def _plain_generate(model, tok, prompts, max_new_tokens, stop):
 
 
 @pytest.mark.parametrize("with_adapter", [False, True])
-def test_fast_sampler_equals_plain_generate(tiny_model_dir, tmp_path, with_adapter):
+def test_fast_sampler_equals_plain_generate(tiny_model_dir, tmp_path, with_adapter, monkeypatch):
+    from star_lite.sampling import prefix_decode
+
+    greedy_calls = []
+    greedy = prefix_decode.greedy
+    monkeypatch.setattr(prefix_decode, "greedy", lambda *a, **k: greedy_calls.append(len(a[3])) or greedy(*a, **k))
     tok = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
@@ -47,9 +52,12 @@ def test_fast_sampler_equals_plain_generate(tiny_model_dir, tmp_path, with_adapt
     word = tok.decode(free[0][1][5:6])
     stop = ("\n\n", word)
     plain = _plain_generate(model, tok, prompts, 12, stop)
-    for share_prefix in (True, False):
+    for share_prefix, prefix_attention in ((True, "shared"), (True, "copied"), (False, "shared")):
+        greedy_calls.clear()
         fast = generate(model, tok, prompts, batch_size=5, max_new_tokens=12, stop_strings=stop,
-                        share_prefix=share_prefix)
+                        share_prefix=share_prefix, prefix_attention=prefix_attention)
+        # the shared prefix's own decode loop ran every batch (5, 5, 3 rows), and only when asked to
+        assert greedy_calls == ([5, 5, 3] if (share_prefix, prefix_attention) == (True, "shared") else [])
         # the fast sampler sorts by length; compare per prompt, token for token
         assert [g.token_ids for g in fast] == [ids for _, ids in plain]
         assert [g.text for g in fast] == [text for text, _ in plain]

@@ -1,6 +1,7 @@
 """Sampling: one ``Generation`` record and one ``generate`` signature (base.py), three backends.
 
     hf.py           transformers: batched, length-grouped, shared few-shot prefix (sampling.backend: hf)
+    prefix_decode.py  hf's greedy decode loop reading the shared prefix once per batch
     vllm_engine.py  a vLLM engine serving the loop's LoRA adapter (sampling.backend: vllm)
     sharded.py      either one, split across the processes of ``accelerate launch`` and gathered
 
@@ -8,6 +9,8 @@
 """
 
 from __future__ import annotations
+
+import functools
 
 from .base import Generate, Generation, OnBatch
 from .hf import _batch_inputs, _num_generated, generate, shared_prefix
@@ -21,7 +24,8 @@ def backend(cfg) -> Generate:
         from .vllm_engine import sampler
 
         return sampler(cfg).generate
-    return generate
+    shared = cfg.sampling.prefix_attention in ("auto", "shared")
+    return functools.partial(generate, prefix_attention="shared" if shared else "copied")
 
 
 def generator(cfg) -> Generate:

@@ -76,14 +76,18 @@ def _batch_inputs(rows: list[list[int]], prefix_len: int, pad_id: int, device) -
 def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop_strings: Sequence[str] = ("\n\n",),
              desc: str = "sampling", on_batch: Callable[[list[int], list[Generation]], None] | None = None,
-             share_prefix: bool = True) -> list[Generation]:
+             share_prefix: bool = True, prefix_attention: str = "shared") -> list[Generation]:
     """Generate a continuation for every prompt; greedy when ``temperature == 0``.
 
     Prompts are grouped by length so a batch pads little. When the prompts share a long token
     prefix (the few-shot examples), its keys and values are computed once and copied into every
-    batch, and only each prompt's own tail is prefilled (``share_prefix``). ``on_batch(indices,
-    generations)`` is called after each batch (the loop uses it to save progress).
+    batch, and only each prompt's own tail is prefilled (``share_prefix``). Greedy decoding then
+    keeps the prefix once for the whole batch instead of a copy per row (``prefix_attention="shared"``,
+    prefix_decode.py). ``on_batch(indices, generations)`` is called after each batch (the loop uses
+    it to save progress).
     """
+    from . import prefix_decode
+
     was_training = model.training
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -102,18 +106,29 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
     ids = tokenizer(list(prompts))["input_ids"]
     prefix = shared_prefix(ids) if share_prefix and len(prompts) > 1 else []
     prefix_cache = _prefill(model, prefix, device) if prefix else None
+    shared = prefix_cache is not None and prefix_attention == "shared" and prefix_decode.supported(model, temperature)
+    if shared:
+        from transformers import StopStringCriteria
+
+        stop_criteria = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings))
     bar = progress(total=len(prompts), desc=desc, unit="seq")
     try:
         start = 0
         while start < len(order):
             idx = order[start:start + batch_size]
-            enc = _batch_inputs([ids[i] for i in idx], len(prefix), tokenizer.pad_token_id, device)
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(idx))
-                enc["past_key_values"] = cache
             try:
-                out = model.generate(**enc, **gen_kwargs)
+                if shared:  # the new tokens alone come back
+                    new = prefix_decode.greedy(model, prefix_cache, len(prefix), [ids[i][len(prefix):] for i in idx],
+                                               pad_id=tokenizer.pad_token_id, eos_ids=eos_ids,
+                                               max_new_tokens=max_new_tokens, stop_criteria=stop_criteria)
+                else:
+                    enc = _batch_inputs([ids[i] for i in idx], len(prefix), tokenizer.pad_token_id, device)
+                    if prefix_cache is not None:
+                        cache = copy.deepcopy(prefix_cache)
+                        cache.batch_repeat_interleave(len(idx))
+                        enc["past_key_values"] = cache
+                    out = model.generate(**enc, **gen_kwargs)
+                    new = out[:, enc["input_ids"].shape[1]:]
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -125,7 +140,6 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
                       file=sys.stderr, flush=True)
                 continue
             start += len(idx)
-            new = out[:, enc["input_ids"].shape[1]:]
             texts = [tokenizer.decode(row, skip_special_tokens=True) for row in new]
             counts = [_num_generated(row, tokenizer.pad_token_id, eos_ids, text, stop_strings)
                       for row, text in zip(new, texts)]

@@ -1,0 +1,134 @@
+"""Greedy decoding that keeps the shared few-shot prefix once (``sampling.prefix_attention: shared``).
+
+transformers' ``generate`` needs the prefix's keys and values copied into every row of the
+batch, then reads all of them at every step and, with its dynamic cache, copies them again
+(concatenation) for each new token. On a CPU that is about half of a decode step at
+few-shot prompt lengths (300 prefix tokens, a 20-token answer). Here the prefix's keys and
+values stay a batch of one; each row caches only its own tokens (question and answer), and
+attention combines the two under one softmax, so the result is the same attention:
+
+    softmax([q·K_prefix, q·K_own]) · [V_prefix; V_own]
+
+Rows that finish (stop string or EOS, with transformers' own StopStringCriteria) leave the
+batch. Greedy only, and only for models whose generation config asks for no logits
+processing (repetition penalty and the like): anything else goes through ``generate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+
+NAME = "star_lite_shared_prefix"  # the attention implementation's registered name
+_state: dict = {}  # while decoding: the prefix's keys/values per layer and each row's own-token mask
+
+
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Attention of each row's queries over the shared prefix (a batch of one) and the row's own keys."""
+    prefix_keys, prefix_values = _state["prefix"][module.layer_idx]  # [1, kv_heads, P, dim]
+    own_mask = _state["own_mask"]  # [rows, own tokens], True where a real (not padding) token
+    rows, heads, length, dim = query.shape
+    kv_heads, own = key.shape[1], key.shape[2]
+    groups, prefix = heads // kv_heads, prefix_keys.shape[2]
+    scale = scaling if scaling is not None else dim ** -0.5
+    q = query.view(rows, kv_heads, groups, length, dim)  # head h = kv_head * groups + g, as repeat_kv
+    # the prefix: one [kv_heads, rows * groups * length, P] product, reading its keys once
+    flat = q.permute(1, 0, 2, 3, 4).reshape(kv_heads, rows * groups * length, dim)
+    s_prefix = torch.bmm(flat, prefix_keys[0].transpose(1, 2)).view(kv_heads, rows, groups, length, prefix)
+    s_prefix = s_prefix.permute(1, 0, 2, 3, 4)
+    # the row's own tokens: causal, padding hidden
+    s_own = torch.matmul(q.reshape(rows, kv_heads, groups * length, dim), key.transpose(2, 3))
+    s_own = s_own.view(rows, kv_heads, groups, length, own)
+    causal = torch.arange(own, device=key.device)[None, :] <= (own - length + torch.arange(length, device=key.device))[:, None]
+    visible = own_mask[:, None, None, None, :] & causal[None, None, None]
+    s_own = s_own.masked_fill(~visible, float("-inf"))
+    weights = torch.softmax(torch.cat([s_prefix, s_own], dim=-1).float() * scale, dim=-1).to(query.dtype)
+    w_prefix, w_own = weights.split([prefix, own], dim=-1)
+    out_prefix = torch.bmm(w_prefix.permute(1, 0, 2, 3, 4).reshape(kv_heads, rows * groups * length, prefix),
+                           prefix_values[0]).view(kv_heads, rows, groups, length, dim).permute(1, 0, 2, 3, 4)
+    out_own = torch.matmul(w_own.reshape(rows, kv_heads, groups * length, own), value)
+    out = out_prefix + out_own.view(rows, kv_heads, groups, length, dim)
+    return out.reshape(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    return None  # attention() builds its own mask from _state
+
+
+@contextlib.contextmanager
+def _shared_prefix_attention(model, prefix_cache, own_mask) -> Iterator[None]:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(NAME, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _no_mask)
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = NAME
+    _state.update(prefix=[(layer.keys, layer.values) for layer in prefix_cache.layers], own_mask=own_mask)
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+        _state.clear()
+
+
+# generation-config settings under which greedy decoding is more than argmax of the logits
+_PROCESSING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "suppress_tokens": None,
+               "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+               "min_new_tokens": None, "min_length": 0, "sequence_bias": None, "encoder_repetition_penalty": 1.0,
+               "exponential_decay_length_penalty": None, "renormalize_logits": False}
+
+
+def supported(model, temperature: float) -> bool:
+    """Whether ``model`` decodes greedily by plain argmax (else ``generate`` does the work)."""
+    if temperature > 0:
+        return False
+    config = model.generation_config
+    if any(getattr(config, k, None) not in (None, default) for k, default in _PROCESSING.items()):
+        return False
+    return model.config._attn_implementation in ("sdpa", "eager")
+
+
+@torch.no_grad()
+def greedy(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]], *, pad_id: int,
+           eos_ids: set[int], max_new_tokens: int, stop_criteria) -> torch.Tensor:
+    """Greedy continuations of ``tails`` (each a prompt's tokens after the shared prefix), as
+    ``generate`` returns them: [rows, steps] new tokens, padded with ``pad_id`` after a row's stop."""
+    from transformers import DynamicCache
+
+    device = prefix_cache.layers[0].keys.device
+    width = max(len(t) for t in tails)
+    input_ids = torch.tensor([[pad_id] * (width - len(t)) + list(t) for t in tails], device=device)
+    own_mask = torch.tensor([[False] * (width - len(t)) + [True] * len(t) for t in tails], device=device)
+    positions = (prefix_len + own_mask.long().cumsum(1) - 1).clamp(min=prefix_len)
+    rows = len(tails)
+    out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    live = torch.arange(rows, device=device)  # each live row's index in the batch
+    seen = input_ids  # what the stop-string check reads (it looks back only as far as a stop string reaches)
+    next_position = prefix_len + own_mask.sum(1)
+    cache = DynamicCache()
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    with _shared_prefix_attention(model, prefix_cache, own_mask):
+        logits = model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        for step in range(max_new_tokens):
+            token = logits.argmax(-1)
+            out[live, step] = token
+            seen = torch.cat([seen, token[:, None]], dim=1)
+            done = torch.isin(token, eos) | stop_criteria(seen, None)
+            if step == max_new_tokens - 1 or bool(done.all()):
+                return out[:, :step + 1]
+            if bool(done.any()):
+                keep = (~done).nonzero().flatten()
+                cache.batch_select_indices(keep)
+                live, token, seen, own_mask, next_position = (live[keep], token[keep], seen[keep], own_mask[keep],
+                                                              next_position[keep])
+            own_mask = torch.cat([own_mask, own_mask.new_ones(len(live), 1)], dim=1)
+            _state["own_mask"] = own_mask
+            logits = model(input_ids=token[:, None], position_ids=next_position[:, None], past_key_values=cache,
+                           use_cache=True, logits_to_keep=1).logits[:, -1]
+            next_position = next_position + 1
+    return out
