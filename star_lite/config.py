@@ -62,9 +62,10 @@ class SamplingConfig:
     top_p: float = 1.0
     few_shot_after_training: bool = False  # trained adapters see the bare question, as in their training data
     backend: str = "hf"  # hf: transformers (everywhere); vllm: a vLLM engine (GPU; pip install star-lite[vllm])
-    # hf, greedy: "shared" keeps the few-shot prefix's keys and values once for the batch, in star_lite's own
-    # decode loop; "copied" copies them into every row for transformers' generate. Same tokens (tested)
-    prefix_attention: str = "auto"  # auto: shared (temperature > 0 always uses generate)
+    # hf: "shared" keeps the few-shot prefix's keys and values once for the batch, in star_lite's own decode
+    # loop; "copied" copies them into every row for transformers' generate. Greedy: the same tokens;
+    # temperature: the same distribution (generate's warpers), another random stream (tested)
+    prefix_attention: str = "auto"  # auto: shared
     vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 
 

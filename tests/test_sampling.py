@@ -32,8 +32,8 @@ def test_fast_sampler_equals_plain_generate(tiny_model_dir, tmp_path, with_adapt
     from star_lite.sampling import prefix_decode
 
     greedy_calls = []
-    greedy = prefix_decode.greedy
-    monkeypatch.setattr(prefix_decode, "greedy", lambda *a, **k: greedy_calls.append(len(a[3])) or greedy(*a, **k))
+    decode = prefix_decode.decode
+    monkeypatch.setattr(prefix_decode, "decode", lambda *a, **k: greedy_calls.append(len(a[3])) or decode(*a, **k))
     tok = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
@@ -73,6 +73,31 @@ def test_fast_sampler_equals_plain_generate(tiny_model_dir, tmp_path, with_adapt
         else:
             assert g.num_tokens == 12 or g.token_ids[-1] == tok.eos_token_id, text
     assert stopped > 0, "no sequence stopped: the test shows nothing about stopping"
+
+
+def test_shared_prefix_sampling_follows_generate(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import GenerationConfig
+
+    from star_lite.sampling.prefix_decode import _warpers
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model.generation_config.top_k = 7
+    # the logits warped as generate warps them (temperature, then top-k, then top-p)
+    config = GenerationConfig(**model.generation_config.to_dict())
+    config.update(do_sample=True, temperature=0.7, top_p=0.9)
+    theirs = model._get_logits_processor(config, device="cpu")
+    assert len(theirs) == 3
+    logits, ids = torch.randn(4, 49152) * 3, torch.zeros(4, 3, dtype=torch.long)
+    assert torch.equal(_warpers(model, 0.7, 0.9)(ids, logits.clone()), theirs(ids, logits.clone()))
+    # with the draw made deterministic (the most probable token), the sampling path gives generate's
+    # tokens: the same warped distribution at every step, rows leaving as they stop
+    monkeypatch.setattr(torch, "multinomial", lambda probs, num_samples=1, **k: probs.argmax(-1, keepdim=True))
+    task = load_task("arithmetic", min_digits=1, max_digits=3, rationale="plain")
+    prompts = [task.prompt(p, num_few_shot=3) for p in task.load("test", 7, 0)]
+    runs = [generate(model, tok, prompts, batch_size=4, max_new_tokens=10, temperature=0.7, top_p=0.9,
+                     stop_strings=("\n\n",), prefix_attention=how) for how in ("shared", "copied")]
+    assert [g.token_ids for g in runs[0]] == [g.token_ids for g in runs[1]]
 
 
 def test_shared_prefix_and_middle_padding():

@@ -1,7 +1,7 @@
 """Sampling: one ``Generation`` record and one ``generate`` signature (base.py), three backends.
 
     hf.py           transformers: batched, length-grouped, shared few-shot prefix (sampling.backend: hf)
-    prefix_decode.py  hf's greedy decode loop reading the shared prefix once per batch
+    prefix_decode.py  hf's decode loop reading the shared prefix once per batch
     vllm_engine.py  a vLLM engine serving the loop's LoRA adapter (sampling.backend: vllm)
     sharded.py      either one, split across the processes of ``accelerate launch`` and gathered
 

@@ -81,10 +81,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
 
     Prompts are grouped by length so a batch pads little. When the prompts share a long token
     prefix (the few-shot examples), its keys and values are computed once and copied into every
-    batch, and only each prompt's own tail is prefilled (``share_prefix``). Greedy decoding then
+    batch, and only each prompt's own tail is prefilled (``share_prefix``). Decoding then
     keeps the prefix once for the whole batch instead of a copy per row (``prefix_attention="shared"``,
-    prefix_decode.py). ``on_batch(indices, generations)`` is called after each batch (the loop uses
-    it to save progress).
+    prefix_decode.py; greedy gives generate's tokens, sampling its distribution). ``on_batch(indices,
+    generations)`` is called after each batch (the loop uses it to save progress).
     """
     from . import prefix_decode
 
@@ -106,7 +106,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
     ids = tokenizer(list(prompts))["input_ids"]
     prefix = shared_prefix(ids) if share_prefix and len(prompts) > 1 else []
     prefix_cache = _prefill(model, prefix, device) if prefix else None
-    shared = prefix_cache is not None and prefix_attention == "shared" and prefix_decode.supported(model, temperature)
+    shared = prefix_cache is not None and prefix_attention == "shared" and prefix_decode.supported(model)
     if shared:
         from transformers import StopStringCriteria
 
@@ -118,9 +118,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
             idx = order[start:start + batch_size]
             try:
                 if shared:  # the new tokens alone come back
-                    new = prefix_decode.greedy(model, prefix_cache, len(prefix), [ids[i][len(prefix):] for i in idx],
+                    new = prefix_decode.decode(model, prefix_cache, len(prefix), [ids[i][len(prefix):] for i in idx],
                                                pad_id=tokenizer.pad_token_id, eos_ids=eos_ids,
-                                               max_new_tokens=max_new_tokens, stop_criteria=stop_criteria)
+                                               max_new_tokens=max_new_tokens, stop_criteria=stop_criteria,
+                                               temperature=temperature, top_p=top_p)
                 else:
                     enc = _batch_inputs([ids[i] for i in idx], len(prefix), tokenizer.pad_token_id, device)
                     if prefix_cache is not None:

@@ -1,4 +1,4 @@
-"""Greedy decoding that keeps the shared few-shot prefix once (``sampling.prefix_attention: shared``).
+"""Decoding that keeps the shared few-shot prefix once (``sampling.prefix_attention: shared``).
 
 transformers' ``generate`` needs the prefix's keys and values copied into every row of the
 batch, then reads all of them at every step and, with its dynamic cache, copies them again
@@ -10,8 +10,11 @@ attention combines the two under one softmax, so the result is the same attentio
     softmax([q·K_prefix, q·K_own]) · [V_prefix; V_own]
 
 Rows that finish (stop string or EOS, with transformers' own StopStringCriteria) leave the
-batch. Greedy only, and only for models whose generation config asks for no logits
-processing (repetition penalty and the like): anything else goes through ``generate``.
+batch. Greedy picks the argmax; sampling applies transformers' own warpers in generate's order
+(temperature, top-k from the model's generation config, top-p) and draws with
+``torch.multinomial``, so the tokens follow generate's distribution, though not its random
+stream. A model whose generation config asks for any other logits processing (repetition
+penalty, min-p and the like) goes through ``generate``.
 """
 
 from __future__ import annotations
@@ -75,29 +78,48 @@ def _shared_prefix_attention(model, prefix_cache, own_mask) -> Iterator[None]:
         _state.clear()
 
 
-# generation-config settings under which greedy decoding is more than argmax of the logits
-_PROCESSING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "suppress_tokens": None,
+# generation-config settings that would add logits processing beyond temperature, top-k and top-p
+_PROCESSING = {"top_h": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+               "watermarking_config": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "suppress_tokens": None,
                "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
                "min_new_tokens": None, "min_length": 0, "sequence_bias": None, "encoder_repetition_penalty": 1.0,
                "exponential_decay_length_penalty": None, "renormalize_logits": False}
 
 
-def supported(model, temperature: float) -> bool:
-    """Whether ``model`` decodes greedily by plain argmax (else ``generate`` does the work)."""
-    if temperature > 0:
-        return False
+def supported(model) -> bool:
+    """Whether ``model``'s generation config asks for no logits processing that the loop here lacks
+    (else ``generate`` does the work)."""
     config = model.generation_config
     if any(getattr(config, k, None) not in (None, default) for k, default in _PROCESSING.items()):
         return False
     return model.config._attn_implementation in ("sdpa", "eager")
 
 
+def _warpers(model, temperature: float, top_p: float):
+    """What generate applies to the logits before sampling, in its order."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    top_k = model.generation_config.top_k
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k=top_k))
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=top_p))
+    return warpers
+
+
 @torch.no_grad()
-def greedy(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]], *, pad_id: int,
-           eos_ids: set[int], max_new_tokens: int, stop_criteria) -> torch.Tensor:
-    """Greedy continuations of ``tails`` (each a prompt's tokens after the shared prefix), as
-    ``generate`` returns them: [rows, steps] new tokens, padded with ``pad_id`` after a row's stop."""
+def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]], *, pad_id: int,
+           eos_ids: set[int], max_new_tokens: int, stop_criteria, temperature: float = 0.0,
+           top_p: float = 1.0) -> torch.Tensor:
+    """Continuations of ``tails`` (each a prompt's tokens after the shared prefix), greedy when
+    ``temperature == 0``, as ``generate`` returns them: [rows, steps] new tokens, padded with
+    ``pad_id`` after a row's stop."""
     from transformers import DynamicCache
+
+    warpers = _warpers(model, temperature, top_p) if temperature > 0 else None
 
     device = prefix_cache.layers[0].keys.device
     width = max(len(t) for t in tails)
@@ -115,7 +137,11 @@ def greedy(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
         logits = model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         for step in range(max_new_tokens):
-            token = logits.argmax(-1)
+            if warpers is None:
+                token = logits.argmax(-1)
+            else:
+                scores = warpers(seen, logits.float())
+                token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
             out[live, step] = token
             seen = torch.cat([seen, token[:, None]], dim=1)
             done = torch.isin(token, eos) | stop_criteria(seen, None)
