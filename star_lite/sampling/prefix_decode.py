@@ -2,8 +2,8 @@
 
 transformers' ``generate`` needs the prefix's keys and values copied into every row of the
 batch, then reads all of them at every step and, with its dynamic cache, copies them again
-(concatenation) for each new token. On a CPU that is about half of a decode step at
-few-shot prompt lengths (300 prefix tokens, a 20-token answer). Here the prefix's keys and
+(concatenation) for each new token; at few-shot prompt lengths (300 prefix tokens, a 20-token
+answer) that is a large share of a CPU decode step (README, Speed, has the measurements). Here the prefix's keys and
 values stay a batch of one; each row caches only its own tokens (question and answer), and
 attention combines the two under one softmax, so the result is the same attention:
 
@@ -44,7 +44,8 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     # the row's own tokens: causal, padding hidden
     s_own = torch.matmul(q.reshape(rows, kv_heads, groups * length, dim), key.transpose(2, 3))
     s_own = s_own.view(rows, kv_heads, groups, length, own)
-    causal = torch.arange(own, device=key.device)[None, :] <= (own - length + torch.arange(length, device=key.device))[:, None]
+    last = own - length + torch.arange(length, device=key.device)  # each query's own position
+    causal = torch.arange(own, device=key.device)[None, :] <= last[:, None]
     visible = own_mask[:, None, None, None, :] & causal[None, None, None]
     s_own = s_own.masked_fill(~visible, float("-inf"))
     weights = torch.softmax(torch.cat([s_prefix, s_own], dim=-1).float() * scale, dim=-1).to(query.dtype)
@@ -120,7 +121,6 @@ def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
     from transformers import DynamicCache
 
     warpers = _warpers(model, temperature, top_p) if temperature > 0 else None
-
     device = prefix_cache.layers[0].keys.device
     width = max(len(t) for t in tails)
     input_ids = torch.tensor([[pad_id] * (width - len(t)) + list(t) for t in tails], device=device)
