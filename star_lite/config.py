@@ -253,6 +253,7 @@ RESUMABLE_KEYS = {
     "train.lm_head",
     "train.packed_attention",
     "train.frozen_weights",
+    "train.dropout",  # which generator draws the same dropout distribution
     "train.report_to",
     "run.output_dir",
     "run.budget_tokens",
