@@ -100,6 +100,22 @@ def test_shared_prefix_sampling_follows_generate(tiny_model_dir, tmp_path, monke
     assert [g.token_ids for g in runs[0]] == [g.token_ids for g in runs[1]]
 
 
+def test_shared_prefix_loop_only_for_plain_causal_attention(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from star_lite.sampling.prefix_decode import supported
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert supported(model)
+    model.generation_config.repetition_penalty = 1.3  # logits processing the loop lacks: generate does it
+    assert not supported(model)
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1000)
+    assert supported(AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen2", **sizes)))
+    sliding = AutoConfig.for_model("qwen2", use_sliding_window=True, sliding_window=16, max_window_layers=0, **sizes)
+    assert not supported(AutoModelForCausalLM.from_config(sliding))  # a window the loop does not apply
+
+
 def test_shared_prefix_and_middle_padding():
     assert shared_prefix([[1, 2, 3], [1, 2, 3]], min_len=1) == [1, 2]  # each row keeps a token of its own
     assert shared_prefix([[1, 2], [3, 4]], min_len=1) == []

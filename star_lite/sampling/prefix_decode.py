@@ -87,13 +87,21 @@ _PROCESSING = {"top_h": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff":
                "exponential_decay_length_penalty": None, "renormalize_logits": False}
 
 
+# architectures whose attention is plain causal softmax attention over every earlier token (no sliding
+# window, soft-capping or attention sinks, which attention() does not implement)
+_PLAIN_ATTENTION = {"llama", "qwen2", "qwen3"}
+
+
 def supported(model) -> bool:
-    """Whether ``model``'s generation config asks for no logits processing that the loop here lacks
-    (else ``generate`` does the work)."""
+    """Whether ``model`` has plain causal attention and a generation config that asks for no logits
+    processing the loop here lacks (else ``generate`` does the work)."""
     config = model.generation_config
     if any(getattr(config, k, None) not in (None, default) for k, default in _PROCESSING.items()):
         return False
-    return model.config._attn_implementation in ("sdpa", "eager")
+    arch = model.config
+    layer_types = getattr(arch, "layer_types", None) or ["full_attention"]
+    return (arch.model_type in _PLAIN_ATTENTION and set(layer_types) == {"full_attention"}
+            and arch._attn_implementation in ("sdpa", "eager"))
 
 
 def _warpers(model, temperature: float, top_p: float):
