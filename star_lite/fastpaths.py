@@ -62,28 +62,34 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     return torch.cat(outputs, dim=2).to(query.dtype).transpose(1, 2).contiguous(), None
 
 
-def _register_segments() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(SEGMENTS, segment_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(SEGMENTS, sdpa_mask)  # the fallback's mask, as SDPA's
-
-
 @contextlib.contextmanager
-def attention_by_segments(model) -> Iterator[None]:
-    """While training, ``model`` (its config) uses segment_attention; the loaded implementation after."""
+def attention_implementation(model, name: str, attention, mask) -> Iterator[None]:
+    """While inside, ``model`` (its config) attends with ``attention``, registered with transformers under
+    ``name`` together with the ``mask`` function that builds its mask; the loaded implementation after."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(name, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask)
     config = model.config
     before = config._attn_implementation
-    if before not in ("sdpa", "eager"):  # flash attention already splits a packed row itself
-        yield
-        return
-    _register_segments()
-    config._attn_implementation = SEGMENTS
+    config._attn_implementation = name
     try:
         yield
     finally:
         config._attn_implementation = before
+
+
+@contextlib.contextmanager
+def attention_by_segments(model) -> Iterator[None]:
+    """While training, ``model`` uses segment_attention (SDPA's mask for its fallback)."""
+    from transformers.masking_utils import sdpa_mask
+
+    if model.config._attn_implementation not in ("sdpa", "eager"):  # flash attention splits a packed row itself
+        yield
+        return
+    with attention_implementation(model, SEGMENTS, segment_attention, sdpa_mask):
+        yield
 
 
 @contextlib.contextmanager

@@ -63,19 +63,13 @@ def _no_mask(*args, **kwargs):
 
 @contextlib.contextmanager
 def _shared_prefix_attention(model, prefix_cache, own_mask) -> Iterator[None]:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from ..fastpaths import attention_implementation
 
-    AttentionInterface.register(NAME, attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, _no_mask)
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = NAME
     _state.update(prefix=[(layer.keys, layer.values) for layer in prefix_cache.layers], own_mask=own_mask)
     try:
-        yield
+        with attention_implementation(model, NAME, attention, _no_mask):
+            yield
     finally:
-        config._attn_implementation = before
         _state.clear()
 
 
