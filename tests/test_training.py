@@ -222,6 +222,19 @@ def test_attention_by_segments_trains_the_same_adapter_as_the_block_mask(tiny_mo
     for k in mask_w:
         torch.testing.assert_close(seg_w[k], mask_w[k], rtol=1e-3, atol=1e-5)
     assert any(mask_w[k].abs().sum() > 0 for k in mask_w if "lora_B" in k)
+    # on a CPU the examples attend as one padded batch; past the size limit (as on a GPU) one SDPA call each
+    padded = []
+    padded_attention = fastpaths.padded_causal_attention
+    monkeypatch.setattr(fastpaths, "padded_causal_attention", lambda *a: padded.append(1) or padded_attention(*a))
+    _train(tiny_model_dir, tmp_path, "padded", steps=1, packed_attention="segments")
+    assert len(padded) == base.config.num_hidden_layers
+    padded.clear()
+    monkeypatch.setattr(fastpaths, "PADDED_SCORES_LIMIT", 0)
+    _, one_loss, one_w = _train(tiny_model_dir, tmp_path, "one_by_one", packed_attention="segments")
+    assert padded == []
+    assert one_loss == pytest.approx(mask_loss, rel=1e-4)
+    for k in mask_w:
+        torch.testing.assert_close(one_w[k], mask_w[k], rtol=1e-3, atol=1e-5)
 
 
 def test_bfloat16_frozen_weights_train_the_identical_adapter_and_are_undone(tiny_model_dir, tmp_path, monkeypatch):
