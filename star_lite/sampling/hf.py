@@ -52,7 +52,7 @@ def shared_prefix(rows: list[list[int]], min_len: int = 16) -> list[int]:
 
 def _prefill(model, prefix: list[int], device):
     """Keys and values of the shared prefix, computed once (batch of one)."""
-    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)  # logits unused
     return out.past_key_values
 
 
