@@ -158,6 +158,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     ``out_dir/adapter``.
     """
     from datasets import Dataset
+    from peft.helpers import disable_input_dtype_casting
     from transformers import set_seed
     from trl import SFTConfig
 
@@ -207,6 +208,9 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
             fast.enter_context(fastpaths.attention_by_segments(model))
         if fastpaths.resolve(cfg.train.frozen_weights, "bfloat16", True) and bf16:
             fast.enter_context(fastpaths.bfloat16_frozen_weights(model))
+        if bf16:  # peft would cast a bfloat16 input up to the float32 LoRA weights' dtype and autocast back down,
+            # for the same values (dropout's scale is applied in float32 either way): the input stays bfloat16
+            fast.enter_context(disable_input_dtype_casting(model))
         if fastpaths.resolve(cfg.train.dropout, "fast", device == "cpu"):
             fast.enter_context(fastpaths.fast_lora_dropout(model))
         trainer.train()

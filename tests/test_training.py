@@ -291,3 +291,29 @@ def test_fast_dropout_drops_at_the_rate_keeps_the_mean_and_is_swapped_only_while
         assert all(x == x for x in losses)  # finite losses
     # the adapter left on the base after training has torch's dropout modules again
     assert not any(isinstance(m, FastDropout) for m in base.modules())
+
+
+def test_bfloat16_lora_inputs_stay_bfloat16_for_the_identical_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    """Under bfloat16 autocast peft's upcast of a bfloat16 input to the float32 LoRA weights is off:
+    dropout sees the bfloat16 input, and the adapter is the same, bit for bit."""
+    import contextlib
+
+    import peft.helpers
+    from star_lite.fastpaths import FastDropout
+
+    seen = []
+    forward = FastDropout.forward
+    monkeypatch.setattr(FastDropout, "forward", lambda self, x: seen.append(x.dtype) or forward(self, x))
+    base, kept_loss, kept_w = _train(tiny_model_dir, tmp_path, "kept", model={"lora_dropout": 0.1},
+                                     autocast="bfloat16", dropout="fast")
+    assert torch.bfloat16 in seen and torch.float32 in seen  # o_proj/down_proj inputs bfloat16, the others float32
+    lora_layers = [m for m in base.modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer)]
+    assert lora_layers and all(m.cast_input_dtype_enabled for m in lora_layers)  # peft's casting is back after
+    seen.clear()
+    monkeypatch.setattr(peft.helpers, "disable_input_dtype_casting", lambda model: contextlib.nullcontext())
+    _, cast_loss, cast_w = _train(tiny_model_dir, tmp_path, "cast", model={"lora_dropout": 0.1},
+                                  autocast="bfloat16", dropout="fast")
+    assert torch.bfloat16 not in seen  # peft cast every input up to float32
+    assert kept_loss == cast_loss
+    for k in cast_w:
+        torch.testing.assert_close(kept_w[k], cast_w[k], rtol=0, atol=0)
