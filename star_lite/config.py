@@ -104,7 +104,8 @@ class TrainConfig:
     # under bfloat16 autocast, frozen float32 base weights as a bfloat16 copy for the training (cast once,
     # not at every matmul; bit-identical; costs half the float32 weights' memory while training)
     frozen_weights: str = "auto"  # auto: bfloat16 when training autocasts to bfloat16 | as_loaded
-    # LoRA dropout's mask: "fast" draws 16-bit random integers, "torch" is nn.Dropout (one Bernoulli per element)
+    # LoRA dropout: "fast" draws only the dropped positions (geometric gaps; 16-bit integers above p = 0.25),
+    # "torch" is nn.Dropout (one Bernoulli draw per element)
     dropout: str = "auto"  # auto: fast on CPU (about 2x cheaper there), torch on GPU
     weight_decay: float = 0.0
     logging_steps: int = 10

@@ -280,6 +280,15 @@ def test_fast_dropout_drops_at_the_rate_keeps_the_mean_and_is_swapped_only_while
     assert out.mean().item() == pytest.approx(1.0, abs=0.003)  # survivors scaled by 1 / (1 - p)
     assert out.unique().tolist() == [0.0, pytest.approx(1 / 0.95)]
     assert torch.equal(FastDropout(0.05).eval()(x), x)
+    # the gradient passes where the element was kept, scaled as the element was
+    leaf = torch.ones(300, 200, requires_grad=True)
+    out = FastDropout(0.05).train()(leaf)
+    out.sum().backward()
+    assert torch.equal(leaf.grad, out.detach())
+    # above p = 0.25 the mask comes from 16-bit integers: the same rate and mean
+    out = FastDropout(0.5).train()(x)
+    assert (out == 0).float().mean().item() == pytest.approx(0.5, abs=0.003)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.006)
     calls = []
     forward = FastDropout.forward
     monkeypatch.setattr(FastDropout, "forward", lambda self, x: calls.append(self.p) or forward(self, x))
