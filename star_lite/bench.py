@@ -13,7 +13,6 @@ are those up to each sequence's stop, never padding.
 from __future__ import annotations
 
 import copy
-import resource
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from .config import Config
+from .loop import peak_memory_mb
 from .sampling import _num_generated, generator
 
 # Sizes of real architectures, for speed and memory figures with random weights (no download).
@@ -53,12 +53,6 @@ def random_weights_checkpoint(arch: str, tokenizer_source: str, out_dir: Path) -
     model.save_pretrained(out_dir)
     load_tokenizer(tokenizer_source).save_pretrained(out_dir)  # a real tokenizer; ids stay below vocab_size
     return out_dir
-
-
-def peak_memory_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @torch.no_grad()

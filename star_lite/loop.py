@@ -53,8 +53,10 @@ def log(msg: str) -> None:
         print(f"[star_lite] {msg}", file=sys.stderr, flush=True)
 
 
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
+def peak_memory_mb(device: str | None = None) -> float:
+    """Peak memory so far: allocated on the GPU (``device`` "cuda", or None with a GPU present), else the
+    process's peak resident memory."""
+    if device == "cuda" or (device is None and torch.cuda.is_available()):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
