@@ -157,6 +157,8 @@ def dropped_positions(n: int, p: float, device=None) -> torch.Tensor:
     >>> 4800 < len(positions) < 5200 and bool((positions.diff() > 0).all())
     True
     """
+    if n == 0:
+        return torch.empty(0, dtype=torch.long, device=device)
     log_keep = math.log1p(-p)
     draws = int(n * p + 6 * math.sqrt(n * p) + 16)  # almost always enough in one round
     chunks, last = [], -1

@@ -185,7 +185,7 @@ def load_base_model(cfg: ModelConfig):
         p.requires_grad_(False)
     # the model, the tokenizer and the libraries live as long as the process: out of the cyclic collector's
     # scans, which otherwise walk their half a million objects at every collection (accelerate collects after
-    # each training, star_lite after each iteration: about 0.26 s each on the embedded model on a CPU)
+    # each training, star_lite after each iteration)
     gc.freeze()
     return model.eval()
 

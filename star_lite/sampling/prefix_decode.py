@@ -67,7 +67,7 @@ def _shared_prefix_attention(model, prefix_cache, own_mask) -> Iterator[None]:
 
     _state.update(prefix=[(layer.keys, layer.values) for layer in prefix_cache.layers], own_mask=own_mask)
     # the prefill's last positions reach the LM head as a strided view, which torch multiplies as a batched
-    # matmul against the head's weight expanded per row (about 5x slower on a CPU); contiguous, one matmul
+    # matmul against the head's weight expanded per row (slower on a CPU); contiguous, one matmul
     head = model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].contiguous(),))
     try:
         with attention_implementation(model, NAME, attention, _no_mask):
