@@ -7,7 +7,6 @@ without merging, so the base weights never change.
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import json
 import os
@@ -158,8 +157,7 @@ def quantized_placement(device: str) -> dict[str, Any]:
 
 
 def load_base_model(cfg: ModelConfig):
-    """The frozen base model, in 4-bit NF4 when ``cfg.load_in_4bit``, in eval mode. What the process holds
-    by then is moved out of the garbage collector's reach (``gc.freeze``); reference counting still frees it."""
+    """The frozen base model, in 4-bit NF4 when ``cfg.load_in_4bit``, in eval mode."""
     from transformers import AutoModelForCausalLM
 
     quiet_libraries()  # "Loading weights" bars follow star_lite's progress switch
@@ -183,10 +181,6 @@ def load_base_model(cfg: ModelConfig):
         model.to(process_device(device))
     for p in model.parameters():
         p.requires_grad_(False)
-    # the model, the tokenizer and the libraries live as long as the process: out of the cyclic collector's
-    # scans, which otherwise walk their half a million objects at every collection (accelerate collects after
-    # each training, star_lite after each iteration)
-    gc.freeze()
     return model.eval()
 
 

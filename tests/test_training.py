@@ -326,3 +326,21 @@ def test_bfloat16_lora_inputs_stay_bfloat16_for_the_identical_adapter(tiny_model
     assert kept_loss == cast_loss
     for k in cast_w:
         torch.testing.assert_close(kept_w[k], cast_w[k], rtol=0, atol=0)
+
+
+def test_training_leaves_the_base_model_collectable(tiny_model_dir, tmp_path, monkeypatch):
+    """While the trainer trains, the collector skips the objects that existed before (gc.freeze); after it,
+    nothing stays frozen, so a base model that a run drops is freed, cycles and all."""
+    import gc
+    import weakref
+
+    freeze_counts = []
+    unfreeze = gc.unfreeze
+    monkeypatch.setattr(gc, "unfreeze", lambda: freeze_counts.append(gc.get_freeze_count()) or unfreeze())
+    base, losses, _ = _train(tiny_model_dir, tmp_path, "collect", steps=1)
+    assert freeze_counts and freeze_counts[0] > 0  # the base and the libraries were frozen while training
+    assert gc.get_freeze_count() == 0
+    weight = weakref.ref(base.model.layers[0].mlp.gate_proj.base_layer.weight)
+    del base
+    gc.collect()
+    assert weight() is None
