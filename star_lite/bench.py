@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from .config import Config
-from .loop import peak_memory_mb
 from .sampling import _num_generated, generator
 
 # Sizes of real architectures, for speed and memory figures with random weights (no download).
@@ -139,7 +138,7 @@ def _summary(values: list[float]) -> str:
 def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: int = 5,
           random_weights: str | None = None) -> dict[str, Any]:
     """Measure and print sampling (star_lite vs plain generate) and SFT throughput; return the figures."""
-    from .loop import build_task
+    from .loop import build_task, peak_memory_mb
     from .models import load_adapter, load_base_model, load_tokenizer, resolve_device
     from .training import train_adapter
 

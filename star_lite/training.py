@@ -151,7 +151,7 @@ def _callbacks():
 @contextlib.contextmanager
 def collector_skips_existing_objects():
     """While inside, the cyclic garbage collector leaves alone every object that existed on entry (``gc.freeze``):
-    the libraries, the tokenizer, the base model, about half a million objects, which accelerate's collection
+    the libraries, the tokenizer, the base model, which accelerate's collection
     at the end of ``Trainer.train`` and star_lite's after it would otherwise walk, to free only the trainer.
     They are back in the collector's reach on exit (``gc.unfreeze``, which also releases objects the caller
     froze), so whatever of them becomes garbage later is still freed."""
