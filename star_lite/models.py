@@ -65,9 +65,12 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 
 def native_bfloat16(device: str) -> bool:
     """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX (elsewhere torch emulates bfloat16 on a CPU, slower than float32)."""
+    AVX512-BF16 or AMX whose torch kernels are the AVX512 ones (elsewhere torch emulates bfloat16 on a
+    CPU, slower than float32; ``ATEN_CPU_CAPABILITY=avx2`` or ``default`` selects the other kernels)."""
     if device == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
+        return False
     cpu = torch.cpu
     return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 

@@ -15,11 +15,30 @@ from star_lite.tasks import load_task
 from conftest import tiny_config_dict
 
 
+def _scripted_rationale(task, problems):
+    """What the loop's sampler writes, by construction (the tiny random model's own text depends on the
+    CPU's kernels): a third of the problems answered right, a third wrong and then rationalized right, a
+    third wrong even with the hint. Training and evaluation still run the real model."""
+    order = {p.id: i for i, p in enumerate(problems)}
+
+    def answer(prompt, desc):
+        p = problem_of(prompt, task, problems)
+        kind = order[p.id] % 3 if p is not None else 2
+        if desc == "rationale":
+            return f"The answer is {p.answer}." if kind == 0 else "The answer is 1000."
+        return f"Adding them gives {p.answer}. The answer is {p.answer}." if kind == 1 else "The answer is 1000."
+    return answer
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("star_run")
-    cfg = from_dict(tiny_config_dict(tiny_model_dir, out))
-    rows = run(cfg)
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, out, task={"name": "arithmetic"}))
+    task = load_task(cfg.task.name, **cfg.task.options)
+    problems = task.load("train", cfg.task.num_train, cfg.run.seed)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop_module, "generator", scripted_generator(_scripted_rationale(task, problems)))
+        rows = run(cfg)
     return cfg, out, rows
 
 
@@ -48,6 +67,9 @@ def test_two_iterations_write_the_run_directory(finished_run):
         assert len(kept) == row["num_train_examples"] > 0
         assert all((k["id"], "rationalization" if k["rationalized"] else "rationale") in correct_ids for k in kept)
         assert row["num_rationalized"] == sum(k["rationalized"] for k in kept) > 0
+        # by construction (_scripted_rationale): a third right, a third rationalized
+        assert row["num_correct_samples"] == len(range(0, cfg.task.num_train, 3))
+        assert row["num_rationalized"] == len(range(1, cfg.task.num_train, 3))
         # a rationalized example trains on the bare question (no few-shot prefix, no hint), and what
         # the model wrote under the hint is saved without the hint's words
         task = load_task(cfg.task.name, **cfg.task.options)

@@ -1,6 +1,8 @@
 """Padding-free SFT trains the same adapter as padded batches, with no padding tokens; the speed
 switches (train.lm_head, train.autocast, train.gradient_checkpointing) do what they say."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -163,6 +165,26 @@ def test_bf16_autocast_keeps_lora_weights_float32_and_trains_close_to_float32(ti
     assert seen_bf16 == {torch.bfloat16} and seen_fp32 == {torch.float32}  # the matmuls ran in bfloat16
     assert all(w.dtype == torch.float32 for w in bf16["lora"].values())  # the trained weights did not
     assert bf16["losses"] == pytest.approx(fp32["losses"], rel=2e-2)
+
+
+def _cpu_computes_bfloat16() -> bool:
+    """The answer native_bfloat16("cpu") must give, from /proc/cpuinfo and torch's kernel choice."""
+    import os
+    import re
+    flags = set(re.findall(r"[a-z0-9_]+", Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0]))
+    chosen = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and chosen not in {"avx2", "default"} \
+        and torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512")
+
+
+def test_the_bfloat16_probe_and_the_auto_autocast_follow_this_cpu(tiny_model_dir, tmp_path):
+    """No monkeypatch: the suite runs natively and under ATEN_CPU_CAPABILITY=avx2 and =default (README),
+    so this sees both answers of the probe and checks what ``train.autocast: auto`` then does."""
+    from star_lite.models import native_bfloat16
+    expected = _cpu_computes_bfloat16()
+    assert native_bfloat16("cpu") is expected
+    seen, _ = _lm_head_dtypes(tiny_model_dir, tmp_path, "auto")
+    assert seen == ({torch.bfloat16} if expected else {torch.float32})
 
 
 def test_bf16_autocast_is_automatic_only_where_the_cpu_computes_bfloat16(monkeypatch):
