@@ -29,7 +29,7 @@ from typing import Any
 from . import distributed
 from .config import Config, ConfigError
 from .loop import log
-from .rundir import append_jsonl, read_jsonl, write_atomic
+from .rundir import RunDir, append_jsonl, read_jsonl, write_atomic, write_jsonl
 from .stats import distinguishable, paired_difference, wilson
 
 COLUMNS = ["method", "seed", "iteration", "stage", "accuracy", "ci_low", "ci_high", "num_eval",
@@ -91,11 +91,78 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
                 row.update({k: round(v, 4) for k, v in r.items()
                             if k.startswith(("pass@", "maj@", "best_of@", "greedy_accuracy")) and v is not None})
                 for key in ("num_rejected_hint", "reward_model_pair_accuracy", "reward_model_heldout_pairs",
-                            "num_pairs", "num_sampled_problems"):
+                            "reward_model_pair_ci_low", "reward_model_pair_ci_high", "num_pairs", "num_sampled_problems",
+                            "rl_steps", "rl_reward_first_quarter", "rl_reward_last_quarter", "rl_zero_variance_share",
+                            "rl_groups_dropped", "rl_kl_last", "rl_update_norm", "rl_completion_length", "dpo_steps",
+                            "verifier_steps", "verifier_pair_accuracy", "verifier_pairs", "verifier_pair_ci_low",
+                            "verifier_pair_ci_high", "false_positive_share", "rl_false_positive_share"):
                     if r.get(key) is not None:
                         row[key] = round(r[key], 4) if isinstance(r[key], float) else r[key]
+                row["spent_tokens"] = int(generated + trained * (cfg.run.budget_axis == "all"))
                 rows.append(row)
+            stop = RunDir(seed_dir(cfg, seed) / method).stop()
+            if rows and rows[-1]["method"] == method and rows[-1]["seed"] == seed:
+                rows[-1]["stop_reason"] = stop.get("stop_reason")  # on the method's last stage
     return rows
+
+
+def budget_lines(cfg: Config, rows: list[dict[str, Any]]) -> list[str]:
+    """The budget table: what each method spent of run.budget_tokens per seed, and why it stopped. A method
+    under 90% of the budget with no recorded stop reason is marked: its accuracy is not a verdict on it."""
+    if not cfg.run.budget_tokens:
+        return []
+    axis = "generated tokens" if cfg.run.budget_axis == "generated" else "generated + trained tokens"
+    lines = ["## Budget spent", "",
+             f"run.budget_tokens = {cfg.run.budget_tokens:,} {axis} per method and seed (run.budget_axis: "
+             f"{cfg.run.budget_axis}). Stop reasons: budget (spent), iterations / steps (its configured length "
+             "ended first), validation_stopped_rising, no_data, schedule (generates nothing). **Under 90% with no "
+             "recorded reason** marks a method that did not get its turn.", "",
+             "| method | seed | spent / budget | share | stop reason | |", "| --- | ---: | ---: | ---: | --- | --- |"]
+    for (method, seed), r in final_rows(rows).items():
+        share = r["spent_tokens"] / cfg.run.budget_tokens
+        reason = r.get("stop_reason")
+        mark = "**under 90% with no recorded reason**" if share < 0.9 and not reason else (
+            f"under 90%: stopped for {reason}" if share < 0.9 and reason != "budget" else "")
+        lines.append(f"| {method} | {seed} | {r['spent_tokens']:,} / {cfg.run.budget_tokens:,} | {share:.0%} | "
+                     f"{reason or '–'} | {mark} |")
+    return lines + [""]
+
+
+def diagnostic_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """RL, DPO, reward-model and verifier diagnostics of each seed's run: did it learn, and from what."""
+    lines = []
+    rl = [r for r in rows if r.get("rl_steps") is not None]
+    if rl:
+        lines += ["## RL diagnostics", "",
+                  "Per RL stage: steps, mean reward over the first and last quarter of the steps, the mean share of "
+                  "zero-variance groups trained on (no gradient), groups dropped by dynamic sampling, the last KL to "
+                  "the reference, the adapter's update norm, mean completion length, and the stop reason. Per-step "
+                  "curves: `star-lite report` on the method's run directory.", "",
+                  "| method | seed | steps | reward first → last quarter | zero-variance share | dropped | KL | "
+                  "update norm | length | stop |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in rl:
+            lines.append(f"| {r['method']} | {r['seed']} | {r['rl_steps']} | {_fmt(r.get('rl_reward_first_quarter'))} → "
+                         f"{_fmt(r.get('rl_reward_last_quarter'))} | {_fmt(r.get('rl_zero_variance_share'), 2)} | "
+                         f"{r.get('rl_groups_dropped', 0)} | {_fmt(r.get('rl_kl_last'), 4)} | "
+                         f"{_fmt(r.get('rl_update_norm'), 4)} | {_fmt(r.get('rl_completion_length'), 1)} | "
+                         f"{r.get('stop_reason') or '–'} |")
+        lines.append("")
+    scored = [(r, kind) for r in rows for kind in ("reward_model", "verifier")
+              if r.get(f"{kind}_pair_accuracy") is not None]
+    if scored:
+        lines += ["## Reward model and verifier: pairwise accuracy", "",
+                  "Reward model: held-out training questions, before RL uses it. Verifier: (right, wrong) candidate "
+                  "pairs of the same test problem, which is all best-of-k uses. 0.5 is chance.", "",
+                  "| method | seed | model | pairwise accuracy [95% CI] | pairs | |", "| --- | ---: | --- | ---: | ---: | --- |"]
+        for r, kind in scored:
+            lo, hi = r.get(f"{kind}_pair_ci_low"), r.get(f"{kind}_pair_ci_high")
+            n = r.get("reward_model_heldout_pairs" if kind == "reward_model" else "verifier_pairs")
+            chance = lo is not None and lo <= 0.5 <= hi
+            lines.append(f"| {r['method']} | {r['seed']} | {kind.replace('_', ' ')} | "
+                         f"{r[f'{kind}_pair_accuracy']:.3f} [{_fmt(lo)}, {_fmt(hi)}] | {n} | "
+                         f"{'**not distinguishable from chance**' if chance else ''} |")
+        lines.append("")
+    return lines
 
 
 def final_rows(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -180,7 +247,8 @@ def summary_markdown(cfg: Config, summary: dict[str, Any], rows: list[dict[str, 
         lines.append(f"| {method} | {e['stage']} | {per_seed} | {spread} | {e['pooled']:.3f} "
                      f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}] | {e['cost_tokens']:,.0f} | "
                      f"{e['generated_tokens']:,} / {budget} | {e['seconds']:,.0f} |")
-    lines += ["", f"## Paired differences against {ref}", "",
+    lines += [""] + budget_lines(cfg, rows) + diagnostic_lines(rows) + tuning_lines(cfg)
+    lines += [f"## Paired differences against {ref}", "",
               f"Each method's last stage minus {ref}'s, problem by problem on the same test problems "
               f"(paired), pooled over seeds: 95% interval (Newcombe) and exact McNemar p-value. "
               f"Where the interval covers 0 the two are not distinguishable at this size.", "",
@@ -244,6 +312,73 @@ def plot_comparison(rows: list[dict[str, Any]], x: str = "iteration"):
     return fig
 
 
+def choose_point(runs: list[Path]) -> tuple[int, list[float | None]]:
+    """compare.tune's choice among one method's grid-point run directories: the point whose last stage
+    with a validation accuracy scores highest on validation (the first such point on a tie). Test
+    accuracy is never read. Returns the chosen index and each point's validation accuracy."""
+    scores: list[float | None] = []
+    for run in runs:
+        rows = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("validation_accuracy") is not None]
+        scores.append(max(rows, key=lambda r: r["iteration"])["validation_accuracy"] if rows else None)
+    known = [i for i, v in enumerate(scores) if v is not None]
+    if not known:
+        raise ConfigError(f"compare.tune: no grid point of {runs[0].parent.name}/{runs[0].name.split('@')[0]} has a "
+                          "validation accuracy to choose on; set task.num_validation > 0")
+    return max(known, key=lambda i: (scores[i], -i)), scores
+
+
+def tune_method(cfg: Config, scfg: Config, seed: int, method: str, points: list[dict[str, Any]]) -> None:
+    """Run every grid point of ``method`` (each its own run directory ``<method>@<i>``, at the same budget),
+    choose one on validation, link ``<method>`` to it and record the grid in ``tuning.jsonl``."""
+    from .config import from_dict
+    from .methods import run_method
+
+    base = scfg.to_dict()
+    runs = []
+    for i, point in enumerate(points):
+        data = copy.deepcopy(base)
+        for dotted, value in point.items():
+            section, key = dotted.split(".", 1)
+            data[section][key] = value
+        pcfg = from_dict(data)
+        name = f"{method}@{i}"
+        log(f"compare: seed {seed}, {method}, grid point {i + 1}/{len(points)}: {point}")
+        share_iteration0(cfg, seed, name)
+        run_method(pcfg, method, run_name=name)
+        runs.append(seed_dir(cfg, seed) / name)
+    chosen, scores = choose_point(runs)
+    link = seed_dir(cfg, seed) / method
+    if distributed.is_main():
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.exists():
+            raise ConfigError(f"compare.tune: {link} is a run directory of an untuned run; move it away to tune "
+                              f"{method}")
+        link.symlink_to(runs[chosen].name, target_is_directory=True)
+        path = Path(cfg.compare.output_dir) / "tuning.jsonl"
+        others = [r for r in read_jsonl(path) if (r["seed"], r["method"]) != (seed, method)]
+        write_jsonl(path, others + [{"seed": seed, "method": method, "point": i, "values": point,
+                                     "validation_accuracy": scores[i], "chosen": i == chosen}
+                                    for i, point in enumerate(points)])
+
+
+def tuning_lines(cfg: Config) -> list[str]:
+    """The grid of compare.tune: each point's values and validation accuracy, the chosen one marked."""
+    rows = read_jsonl(Path(cfg.compare.output_dir) / "tuning.jsonl")
+    if not rows:
+        return []
+    lines = ["## Tuning (compare.tune)", "",
+             f"Each method's grid points ran at the same budget; the one with the best validation accuracy "
+             f"({cfg.task.num_validation} validation problems) is the method's result above. Test accuracy is "
+             "reported for the chosen point only.", "",
+             "| method | seed | point | values | validation accuracy | chosen |", "| --- | ---: | ---: | --- | ---: | --- |"]
+    for r in rows:
+        values = ", ".join(f"{k}={v}" for k, v in r["values"].items()) or "(the config's values)"
+        lines.append(f"| {r['method']} | {r['seed']} | {r['point']} | {values} | {_fmt(r['validation_accuracy'])} | "
+                     f"{'**chosen**' if r['chosen'] else ''} |")
+    return lines + [""]
+
+
 def share_iteration0(cfg: Config, seed: int, method: str) -> None:
     """Give a method that has not started the few-shot evaluation another run already made.
 
@@ -288,9 +423,15 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
         check_trl_options(cfg)  # now, not after the methods before them have run
     out = Path(cfg.compare.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from .config import tune_points
+
     for seed in cfg.compare.seeds:
         scfg = seed_config(cfg, seed)
         for method in cfg.compare.methods:
+            points = tune_points(cfg, method)
+            if len(points) > 1:
+                tune_method(cfg, scfg, seed, method, points)
+                continue
             log(f"compare: seed {seed}, {method}")
             share_iteration0(cfg, seed, method)
             run_method(scfg, method)

@@ -149,12 +149,25 @@ class RLConfig:
     reward_learning_rate: float = 1e-4
     reward_batch_size: int = 8
     heldout_fraction: float = 0.2  # questions whose pairs measure the reward model's pairwise accuracy
-    # --- RL (GRPOTrainer): self-motivated from the SFT adapter, grpo from the base
-    steps: int = 20  # RL (GRPOTrainer) steps
+    center_rewards_coefficient: float = 0.01  # RewardTrainer's auxiliary loss pulling scores towards 0 (TRL's
+    #   documented value, from Eisenstein et al. 2023); RL also standardises the scores (make_reward)
+    # --- RL (GRPOTrainer): self-motivated from the SFT adapter, grpo from rl.grpo_init
+    steps: int = 0  # at most this many RL steps; 0 = until run.budget_tokens / budget_seconds is spent
     learning_rate: float = 1e-5
-    num_generations: int = 4  # completions per prompt (GRPO's group)
-    batch_size: int = 8  # completions per step; a multiple of num_generations
+    num_generations: int = 8  # completions per prompt (GRPO's group; TRL's default): a group of 4 from a
+    #   model right 15% of the time is all wrong half the time (zero advantage, no gradient)
+    batch_size: int = 16  # completions per step; a multiple of num_generations
     generation_temperature: float = 1.0
+    loss_type: str = "dapo"  # TRL's default: token-level normalisation (DAPO); grpo | dr_grpo | bnpo also
+    scale_rewards: str = "group"  # TRL's default: advantages divided by the group's sd; none = Dr. GRPO; batch
+    epsilon: float = 0.2  # PPO-style clip range (TRL's default)
+    epsilon_high: float = 0.0  # upper clip; 0 = epsilon (TRL's default); DAPO's clip-higher uses 0.28
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and draw new prompts in their
+    #   place, so a step trains on informative groups; the dropped rollouts count against the budget
+    dynamic_sampling_max_rounds: int = 4  # redraws per step before training on what it has
+    grpo_init: str = "sft"  # method grpo starts from: sft = an adapter trained on the base's own right
+    #   rationales (one STaR iteration without rationalization), as DeepSeekMath starts GRPO from an SFT model;
+    #   base = a fresh adapter on the base model (measured: right 15% of the time at T=1, most groups flat)
     max_completion_length: int = 0  # 0 = sampling.max_new_tokens: rollouts get the room the task's rationales get
     beta: float = 0.04  # KL penalty to the starting policy (self-motivated: the SFT adapter; grpo: the base),
     #   TRL's former default: guards against reward hacking of an imperfect reward model
@@ -171,7 +184,12 @@ class IterativeDPOConfig:
     temperature: float = 0.7  # of those samples (greedy gives one rationale, so no pair)
     max_pairs_per_problem: int = 4  # right-over-wrong pairs per question
     policy_init: str = "sft"  # sft: DPO continues the SFT adapter (the reference); base: a fresh adapter from the base
-    steps: int = 40  # DPOTrainer steps per iteration
+    pairs_from: str = "policy"  # policy: the SFT adapter DPO starts from samples the pairs (Iterative RPO samples
+    #   from the current policy; pairs from the model before SFT hold rationales SFT already made near-certain);
+    #   previous: the pairs come from the samples SFT trained on (no second sampling)
+    epochs: float = 3.0  # DPO passes over the pairs (transformers' default num_train_epochs): steps follow the
+    #   number of pairs, so 6 pairs are not trained for 20 steps nor 500 for 20
+    steps: int = 0  # at most this many DPOTrainer steps per iteration (0 = no cap)
     learning_rate: float = 5e-5
     batch_size: int = 8  # pairs per step
     beta: float = 0.1  # DPO's KL strength (TRL's default)
@@ -186,7 +204,8 @@ class VStarConfig:
     temperature: float = 0.7  # of the generator's samples (paper: 0.7)
     k: int = 8  # test-time candidates per problem: greedy, majority@k and verifier best-of-k on the same k
     max_pairs_per_problem: int = 8  # verifier pairs per question, over all iterations
-    steps: int = 40  # verifier DPOTrainer steps
+    epochs: float = 3.0  # verifier DPO passes over its pairs (transformers' default num_train_epochs)
+    steps: int = 0  # at most this many verifier DPOTrainer steps (0 = no cap)
     learning_rate: float = 5e-5
     batch_size: int = 8
     beta: float = 0.1  # DPO's beta; the verifier's score is beta * log(pi_verifier / pi_reference)
@@ -206,6 +225,10 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every method once per seed; one seed cannot show spread
     resample_split: bool = False  # false: every seed sees the same problems, so methods pair problem by problem
     reference: str = "sft-direct"  # paired differences are method minus this (STaR's direct baseline)
+    # per method, a grid of its own knobs: {method: {section.key: [values]}}; every point runs at the same budget
+    # and the one with the best validation accuracy is the method's result (needs task.num_validation > 0).
+    # Every trained method gets the same number of points (default: the config's values alone, one point)
+    tune: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,6 +239,7 @@ class RunConfig:
     # one batch), trains on what it kept, is evaluated, and is the last one (0 = no limit).
     budget_tokens: int = 0
     budget_seconds: float = 0.0  # likewise for wall seconds; the cut iteration's training and eval still run
+    budget_axis: str = "generated"  # what budget_tokens counts: generated tokens, or all = generated + trained on
 
 
 @dataclass
@@ -264,6 +288,7 @@ RESUMABLE_KEYS = {
     "compare.methods",
     "compare.seeds",
     "compare.reference",
+    "compare.tune",  # which grid points exist; each point's run holds its own values
 }
 
 _RANGES = {  # field -> (minimum, maximum or None)
@@ -304,7 +329,11 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "rl.reward_steps": (1, None),
     "rl.reward_batch_size": (1, None),
     "rl.heldout_fraction": (0.0, 0.9),
-    "rl.steps": (1, None),
+    "rl.steps": (0, None),
+    "rl.epsilon": (0.0, None),
+    "rl.epsilon_high": (0.0, None),
+    "rl.dynamic_sampling_max_rounds": (0, None),
+    "rl.center_rewards_coefficient": (0.0, None),
     "rl.num_generations": (2, None),
     "rl.batch_size": (2, None),
     "rl.max_completion_length": (0, None),
@@ -315,7 +344,9 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "dpo.samples_per_problem": (1, None),
     "dpo.temperature": (0.0, None),
     "dpo.max_pairs_per_problem": (1, None),
-    "dpo.steps": (1, None),
+    "dpo.steps": (0, None),
+    "dpo.epochs": (0.0, None),
+    "v_star.epochs": (0.0, None),
     "dpo.learning_rate": (0.0, None),
     "dpo.batch_size": (1, None),
     "dpo.beta": (0.0, None),
@@ -324,7 +355,7 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "v_star.temperature": (0.0, None),
     "v_star.k": (1, None),
     "v_star.max_pairs_per_problem": (1, None),
-    "v_star.steps": (1, None),
+    "v_star.steps": (0, None),
     "v_star.learning_rate": (0.0, None),
     "v_star.batch_size": (1, None),
     "v_star.beta": (0.0, None),
@@ -342,6 +373,11 @@ _CHOICES = {
     "train.dropout": {"auto", "fast", "torch"},
     "rl.reward_model_init": {"base", "sft"},
     "dpo.policy_init": {"base", "sft"},
+    "dpo.pairs_from": {"policy", "previous"},
+    "rl.grpo_init": {"base", "sft"},
+    "rl.loss_type": {"grpo", "dr_grpo", "dapo", "bnpo"},
+    "rl.scale_rewards": {"group", "batch", "none"},
+    "run.budget_axis": {"generated", "all"},
 }
 
 
@@ -450,11 +486,58 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{dotted}: must be one of {sorted(choices)}, got {value!r}")
+    check_tune(cfg)
     tp = cfg.sampling.vllm_options.get("tensor_parallel_size", 1)
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise ConfigError(f"sampling.vllm_options.tensor_parallel_size: must be a whole number of GPUs, at least "
                           f"1 (one vLLM engine per node spans that many), got {tp!r}")
     return cfg
+
+
+def tune_points(cfg: Config, method: str) -> list[dict[str, Any]]:
+    """The grid points ``compare.tune`` gives ``method``: one dict of dotted keys per point ([{}] = the
+    config's values alone), in the order of the product of the listed values.
+
+    >>> cfg = from_dict({"task": {"num_validation": 20}, "compare": {"methods": ["few-shot", "grpo"],
+    ...     "reference": "few-shot", "tune": {"grpo": {"rl.learning_rate": [1e-5, 1e-4], "rl.beta": [0.0]}}}})
+    >>> tune_points(cfg, "grpo"), tune_points(cfg, "star")
+    ([{'rl.learning_rate': 1e-05, 'rl.beta': 0.0}, {'rl.learning_rate': 0.0001, 'rl.beta': 0.0}], [{}])
+    """
+    import itertools
+
+    grid = cfg.compare.tune.get(method) or {}
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
+
+
+def check_tune(cfg: Config) -> None:
+    """compare.tune: known methods and keys, lists of values, validation to choose on, and the same number
+    of points for every trained method (the same tuning budget)."""
+    sections = {f.name: {g.name for g in dataclasses.fields(f.type if isinstance(f.type, type) else
+                                                                  typing.get_type_hints(Config)[f.name])}
+                for f in dataclasses.fields(Config)}
+    for method, grid in cfg.compare.tune.items():
+        if method not in METHODS:
+            raise ConfigError(f"compare.tune.{method}: unknown method; choose from {', '.join(METHODS)}")
+        if not isinstance(grid, dict):
+            raise ConfigError(f"compare.tune.{method}: expected a mapping of section.key: [values], got {grid!r}")
+        for dotted, values in grid.items():
+            section, _, key = dotted.partition(".")
+            if section not in sections or key not in sections[section] or section in ("compare", "run", "task"):
+                raise ConfigError(f"compare.tune.{method}.{dotted}: not a method setting (a key of model, sampling, "
+                                  "star, train, eval, rest_em, rl, dpo, v_star or adastar)")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"compare.tune.{method}.{dotted}: expected a non-empty list of values, got {values!r}")
+    sizes = {m: len(tune_points(cfg, m)) for m in cfg.compare.methods if m != "few-shot"}
+    if any(n > 1 for n in sizes.values()):
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{m} {n}" for m, n in sizes.items())
+            raise ConfigError(f"compare.tune: every trained method gets the same number of grid points (the same "
+                              f"tuning budget); now {listed}. Give each method in compare.methods a grid of "
+                              f"{max(sizes.values())} points")
+        if not cfg.task.num_validation:
+            raise ConfigError("compare.tune: choosing a grid point needs task.num_validation > 0; choosing on test "
+                              "would report the best of several test scores")
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -117,8 +117,7 @@ class Budget:
     def for_iteration(cls, rows: list[dict[str, Any]], cfg: Config, cache: Path, started: float) -> "Budget":
         # samples an interrupted attempt saved were paid for: they count, as they are reused
         cached = sum(r.get("tokens", 0) for r in read_jsonl(cache))
-        return cls(cfg.run.budget_tokens, cfg.run.budget_seconds,
-                   tokens=sum(r.get("generated_tokens", 0) for r in rows) + cached,
+        return cls(cfg.run.budget_tokens, cfg.run.budget_seconds, tokens=spent_tokens(rows, cfg) + cached,
                    seconds_before=sum(r.get("seconds", 0.0) for r in rows), started=started)
 
     def spent(self) -> str | None:
@@ -211,10 +210,33 @@ def keep_examples(task: Task, problems: list[Problem], samples: list[dict[str, A
     return kept
 
 
+def spent_tokens(rows: list[dict[str, Any]], cfg: Config) -> int:
+    """What the finished stages spent of run.budget_tokens: generated tokens, and with
+    ``run.budget_axis: all`` also the tokens trained on (the comparison's cost axis).
+
+    >>> from star_lite.config import from_dict
+    >>> rows = [{"generated_tokens": 10, "trained_tokens": 100}, {"generated_tokens": 5}]
+    >>> spent_tokens(rows, from_dict({})), spent_tokens(rows, from_dict({"run": {"budget_axis": "all"}}))
+    (15, 115)
+    """
+    trained = cfg.run.budget_axis == "all"
+    return sum(r.get("generated_tokens", 0) + (r.get("trained_tokens", 0) or 0) * trained for r in rows)
+
+
+def false_positive_summary(task: Task, problems: list[Problem], kept: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many kept (right-answer) rationales reach it through a step that does not hold, and their share;
+    {} for a task that cannot check steps (``Task.steps_are_right`` None)."""
+    by_id = {p.id: p for p in problems}
+    checked = [task.steps_are_right(k["completion"], by_id[k["id"]]) for k in kept]
+    if not kept or all(c is None for c in checked):
+        return {}
+    wrong = sum(c is False for c in checked)
+    return {"num_false_positive": wrong, "false_positive_share": wrong / len(kept)}
+
+
 def budget_spent(rows: list[dict[str, Any]], cfg: Config) -> str | None:
     """A description of the exhausted budget (run.budget_tokens / run.budget_seconds), or None."""
-    return Budget(cfg.run.budget_tokens, cfg.run.budget_seconds,
-                  tokens=sum(r.get("generated_tokens", 0) for r in rows),
+    return Budget(cfg.run.budget_tokens, cfg.run.budget_seconds, tokens=spent_tokens(rows, cfg),
                   seconds_before=sum(r.get("seconds", 0.0) for r in rows)).spent()
 
 
@@ -346,14 +368,17 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
 
     last = max(finished)
     model = base if last == 0 else load_adapter(base, rundir.iter_dir(last) / "adapter")
+    stop = ("iterations", f"star.iterations = {cfg.star.iterations} finished")
     for it in range(last + 1, cfg.star.iterations + 1):
         spent = budget_spent(rundir.metrics(), cfg)
         if spent:
             log(f"budget reached ({spent}); stopping before iteration {it}")
+            stop = ("budget", spent)
             break
         stalled = validation_stalled(rundir.metrics()) if cfg.star.stop_when_validation_stops_rising else None
         if stalled:
             log(f"{stalled}; stopping before iteration {it} (star.stop_when_validation_stops_rising)")
+            stop = ("validation_stopped_rising", stalled)
             break
         t0, timings = time.time(), {}
         it_dir = rundir.iter_dir(it)
@@ -395,6 +420,7 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         kept = keep_examples(task, train_problems, all_samples, cfg.star.max_kept_per_problem) + carried
         write_jsonl(it_dir / "train.jsonl", kept)
         num_rationalized = sum(k["rationalized"] for k in kept if not k.get("carried"))
+        false_positives = false_positive_summary(task, train_problems, [k for k in kept if not k.get("carried")])
         num_rejected_hint = sum(s.get("rejected") == "hint" for s in rationalized)
         log(f"iteration {it}: {num_correct}/{len(problems)} answered right, "
             f"{num_rationalized} rationalized, {num_rejected_hint} rejected for leaking the hint, "
@@ -409,9 +435,11 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
                      "a different rationale format, or a larger model.")
             if budget.cut:  # nothing to train on and nothing left to sample with
                 log(f"iteration {it} kept no rationale before the budget ran out; stopping")
+                stop = ("budget", budget.cut)
                 break
             if cfg.star.stop_on_empty:
                 log(msg + " Stopping (star.stop_on_empty=true).")
+                stop = ("no_data", f"iteration {it} kept no rationale")
                 break
             log(msg + " Continuing with the previous model (star.stop_on_empty=false).")
             continue
@@ -438,7 +466,7 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         timings["seconds_eval"] = round(time.time() - t, 1)
         row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept),
                "num_rationalized": num_rationalized, "num_rejected_hint": num_rejected_hint,
-               "num_correct_samples": num_correct, "train_accuracy": num_correct / len(problems),
+               "num_correct_samples": num_correct, "train_accuracy": num_correct / len(problems), **false_positives,
                **({"num_sampled_problems": len(problems), "num_carried": len(carried)}
                   if cfg.star.adaptive_sampling else {}),
                "steps": steps, "train_loss": trained.train_loss, "train_world_size": trained.world_size,
@@ -449,9 +477,14 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         rundir.add_metrics(row)
         if distributed.is_main():
             cache.unlink(missing_ok=True)
+        if budget.cut:
+            stop = ("budget", budget.cut)
         log(f"iteration {it}: accuracy {result['accuracy']:.3f} (iteration 0: {finished[0]['accuracy']:.3f})"
             + (f", validation {result['validation_accuracy']:.3f}" if validation else "")
             + f", {steps} steps, {row['seconds']:.0f}s "
             f"(sampling {timings['seconds_sampling']:.0f}s, rationalization {timings['seconds_rationalization']:.0f}s, "
             f"training {timings['seconds_training']:.0f}s, eval {timings['seconds_eval']:.0f}s)")
+        if budget.cut:
+            break
+    rundir.record_stop(*stop)
     return rundir.metrics()

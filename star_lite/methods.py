@@ -29,7 +29,7 @@ from . import distributed
 from .config import Config
 from .evaluation import evaluate_into, majority_answer, score
 from .loop import (Budget, budget_spent, build_task, clear_unfinished, keep_examples, log, peak_memory_mb,
-                   run as run_star, sample_rationales, start_run)
+                   run as run_star, sample_rationales, spent_tokens, start_run)
 from .models import detach_adapter, fresh_adapter, load_adapter, load_base_model, load_tokenizer
 from .rundir import RunDir, read_jsonl, write_jsonl
 from .sampling import generator
@@ -71,6 +71,8 @@ def method_config(cfg: Config, method: str) -> Config:
         c.star.adaptive_sampling = True
     if method in STAGES:
         c.star.iterations = STAGES[method]
+    if method == "grpo" and cfg.rl.grpo_init == "sft":
+        c.star.iterations = 2  # the SFT adapter, then GRPO from it
     for section in unread_sections(c, method):
         setattr(c, section, type(getattr(c, section))())
     return c
@@ -82,9 +84,12 @@ def unread_sections(cfg: Config, method: str) -> frozenset[str]:
                      if method not in readers and not (section == "adastar" and cfg.star.adaptive_sampling))
 
 
-def run_method(cfg: Config, method: str) -> list[dict[str, Any]]:
-    """Run (or continue) one method with the comparison's shared config; returns its metrics rows."""
+def run_method(cfg: Config, method: str, run_name: str | None = None) -> list[dict[str, Any]]:
+    """Run (or continue) one method with the comparison's shared config; returns its metrics rows. The run
+    directory is ``compare.output_dir/<run_name or method>`` (compare.tune names one per grid point)."""
     mcfg = method_config(cfg, method)
+    if run_name is not None:
+        mcfg.run.output_dir = f"{cfg.compare.output_dir}/{run_name}"
     runner = {"sft-direct": run_sft_direct, "self-motivated": run_self_motivated, "grpo": run_grpo,
               "dpo": run_dpo, "v-star": run_v_star}.get(method)
     with RunDir(mcfg.run.output_dir).locked() as rundir:  # one process per method directory
@@ -104,14 +109,35 @@ def _seconds_left(rundir: RunDir, cfg: Config) -> float:
 
 
 def rl_summary(trained) -> dict[str, Any]:
-    """Steps, the mean reward of the first and last logged RL steps, the last KL to the reference
-    (None with rl.beta = 0) and the trained tokens, from ``train_rl``'s ``TrainResult``."""
+    """From ``train_rl``'s ``TrainResult`` (one history row per step): steps, the mean reward of the
+    first and last steps and of the first and last quarter of them, the mean share of zero-variance
+    groups trained on, groups dropped by dynamic sampling, the last KL to the reference (None with
+    rl.beta = 0), the adapter's update norm, the mean completion length and the trained tokens."""
     history = trained.history
+
+    def mean(key, rows):
+        values = [h[key] for h in rows if h.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    quarter = max(1, len(history) // 4)
     return {"rl_steps": history[-1].get("step", 0) if history else 0,
             "rl_reward_first": history[0]["reward"] if history else None,
             "rl_reward_last": history[-1]["reward"] if history else None,
+            "rl_reward_first_quarter": mean("reward", history[:quarter]),
+            "rl_reward_last_quarter": mean("reward", history[-quarter:]),
+            "rl_zero_variance_share": mean("zero_variance_share", history),
+            "rl_groups_dropped": sum(h.get("groups_dropped") or 0 for h in history),
             "rl_kl_last": history[-1].get("kl") if history else None,
+            "rl_update_norm": history[-1].get("update_norm") if history else None,
+            "rl_completion_length": mean("completion_length", history),
+            "rl_stop_reason": trained.stop_reason,
             "trained_tokens": trained.trained_tokens, "train_world_size": trained.world_size}
+
+
+def reward_false_positives(counter: dict[str, int]) -> dict[str, Any]:
+    """The share of RL rollouts the grader rewarded that reached the answer through a wrong step."""
+    right = counter.get("right", 0)
+    return {"rl_false_positive_share": counter.get("false_positive", 0) / right if right else None}
 
 
 def sample_conditioned_rationales(model, tokenizer, task, problems, cfg: Config, cache) -> tuple[list, list]:
@@ -140,6 +166,19 @@ def sample_conditioned_rationales(model, tokenizer, task, problems, cfg: Config,
     return conditioned, free
 
 
+def evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg: Config, few_shot: bool) -> dict[str, Any]:
+    """Held-out test accuracy of a stage (``eval.jsonl``) and, with ``task.num_validation`` > 0, its
+    validation accuracy (``validation.jsonl``): what compare.tune chooses on, never test."""
+    from .loop import load_validation
+
+    result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=few_shot)
+    validation = load_validation(cfg, task, train, test)
+    if validation:
+        result["validation_accuracy"] = evaluate_into(it_dir / "validation.jsonl", model, tokenizer, task, validation,
+                                                      cfg, few_shot=few_shot)["accuracy"]
+    return result
+
+
 def _finish_row(rundir: RunDir, it: int, stage: str, t0: float, result: dict, **extra) -> dict[str, Any]:
     row = {"iteration": it, "stage": stage, **result, "num_rationalized": 0, **extra,
            "seconds": round(time.time() - t0, 1), "peak_memory_mb": round(peak_memory_mb())}
@@ -162,18 +201,19 @@ def run_sft_direct(cfg: Config) -> list[dict[str, Any]]:
     write_jsonl(it_dir / "train.jsonl", examples)
     model, trained = train_adapter(base, tokenizer, examples, cfg, cfg.train.start_steps, it_dir,
                                    seed=cfg.run.seed + 1)
-    result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
+    result = evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg, few_shot=False)
     _finish_row(rundir, 1, "sft-direct", t0, result, num_train_examples=len(examples),
                 steps=cfg.train.start_steps, train_loss=trained.train_loss, trained_tokens=trained.trained_tokens,
                 train_world_size=trained.world_size)
+    rundir.record_stop("schedule", f"{cfg.train.start_steps} steps on gold answers; generates nothing")
     return rundir.metrics()
 
 
 def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
     """Self-motivated learning (Feng et al. 2024): rationales for the right and for wrong answers, SFT
     on the right ones (1), then a reward model on right-over-wrong pairs and RL from the SFT policy (2)."""
-    from .rl import (make_reward, pair_accuracy_summary, preference_pairs, split_pairs, train_reward_model,
-                     train_rl)
+    from .rl import (make_reward, pair_accuracy_summary, preference_pairs, reward_model_standardisation, split_pairs,
+                     train_reward_model, train_rl)
 
     started = start_run(cfg)
     if started is None:
@@ -191,6 +231,7 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
         write_jsonl(sft_dir / "train.jsonl", kept)
         if not kept:
             log("self-motivated: no right rationale to train on, even hinted with the gold answer; stopping")
+            rundir.record_stop("no_data", "no right rationale, even hinted")
             return rundir.metrics()
 
         # --- SFT on the right ones ------------------------------------------------------------
@@ -198,7 +239,7 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
         model, trained = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
                                                          for k in kept], cfg, steps, sft_dir,
                                        seed=cfg.run.seed + 1)
-        result = evaluate_into(sft_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
+        result = evaluate_stage(sft_dir, model, tokenizer, task, train, test, cfg, few_shot=False)
         _finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
                     num_rejected_hint=sum(s["leaked"] for s in samples),
                     generated_tokens=sum(s["tokens"] for s in samples + free),
@@ -213,6 +254,7 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
     spent = budget_spent(rundir.metrics(), cfg)
     if spent:
         log(f"self-motivated: budget reached ({spent}) after SFT; no RL phase")
+        rundir.record_stop("budget", f"{spent}, after SFT")
         return rundir.metrics()
 
     # --- reward model on right-over-wrong pairs of the same question -------------------------
@@ -234,28 +276,39 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
     counter: dict[str, int] = {}
     if distributed.is_main():
         (rl_dir / "rollouts.jsonl").unlink(missing_ok=True)  # an interrupted attempt's rollouts
+    scale = reward_model_standardisation(reward_model, tokenizer, train_pairs)
     reward = make_reward(task, {p.id: p for p in train}, reward_model=reward_model, tokenizer=tokenizer,
-                         reward_model_weight=cfg.rl.reward_model_weight,
+                         reward_model_weight=cfg.rl.reward_model_weight, reward_model_scale=scale,
                          correctness_weight=cfg.rl.correctness_weight, counter=counter,
-                         rollouts=rl_dir / "rollouts.jsonl")
-    remaining = cfg.run.budget_tokens - sum(r.get("generated_tokens", 0) for r in rundir.metrics())
+                         num_generations=cfg.rl.num_generations, rollouts=rl_dir / "rollouts.jsonl")
+    remaining = cfg.run.budget_tokens - spent_tokens(rundir.metrics(), cfg) - rm.trained_tokens * (
+        cfg.run.budget_axis == "all")
     model, trained = train_rl(policy, tokenizer, task, train, reward, cfg, rl_dir,
-                              budget_tokens=remaining if cfg.run.budget_tokens else 0,
+                              budget_tokens=max(1, remaining) if cfg.run.budget_tokens else 0,
                               budget_seconds=_seconds_left(rundir, cfg), counter=counter)
     del reward_model
     release_memory()
-    result = evaluate_into(rl_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=False)
+    result = evaluate_stage(rl_dir, model, tokenizer, task, train, test, cfg, few_shot=False)
+    summary = rl_summary(trained)
+    summary["trained_tokens"] += rm.trained_tokens  # the reward model's training is part of the method's cost
     _finish_row(rundir, 2, "rl", t0, result, generated_tokens=counter.get("tokens", 0),
                 reward_model_pairs=len(train_pairs), **pair_acc,
                 reward_model_loss=rm.history[-1]["loss"] if rm.history else None,
                 reward_model_trained_tokens=rm.trained_tokens, reward_model_init=cfg.rl.reward_model_init,
-                **rl_summary(trained))
+                reward_model_score_mean=scale[0], reward_model_score_sd=scale[1], **summary,
+                **reward_false_positives(counter))
+    rundir.record_stop(trained.stop_reason, f"RL: {summary['rl_steps']} steps")
     return rundir.metrics()
 
 
 def run_grpo(cfg: Config) -> list[dict[str, Any]]:
-    """GRPO from the base model, rewarded by the task's grader alone (few-shot prompts, as the base
-    needs them); with rl.beta > 0 its KL reference is the base (a fresh adapter starts equal to it)."""
+    """GRPO rewarded by the task's grader alone, from ``rl.grpo_init``: "sft" (default) first trains an SFT
+    adapter on the base model's own right rationales (greedy, few-shot, filtered by the grader: one STaR
+    iteration without rationalization; stage 1), then runs GRPO from it on bare questions, KL-anchored to
+    it (stage 2), as DeepSeekMath starts GRPO from an SFT model; "base" runs GRPO from a fresh adapter on
+    few-shot prompts (the base needs them), anchored to the base (a fresh adapter starts equal to it).
+    GRPO runs until the budget is spent (``rl.steps`` 0) or ``rl.steps``."""
+    from peft import PeftModel
     from transformers import set_seed
 
     from .rl import make_reward, train_rl
@@ -263,26 +316,73 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     started = start_run(cfg)
     if started is None:
         return RunDir(cfg.run.output_dir).metrics()
-    rundir, task, train, test, tokenizer, base, _ = started
-    t0, it_dir = time.time(), rundir.iter_dir(1)
+    rundir, task, train, test, tokenizer, base, finished = started
+    from_sft = cfg.rl.grpo_init == "sft"
+    if from_sft and 1 not in finished:
+        # --- the SFT start: the base's own right rationales ------------------------------------
+        t0, sft_dir = time.time(), rundir.iter_dir(1)
+        clear_unfinished(sft_dir)
+        cache = sft_dir / "samples.partial.jsonl"
+        budget = Budget.for_iteration(rundir.metrics(), cfg, cache, started=t0)
+        samples = sample_rationales(base, tokenizer, task, train, cfg, hint=False, few_shot=True, cache=cache,
+                                    budget=budget)
+        write_jsonl(sft_dir / "samples.jsonl", samples)
+        kept = keep_examples(task, train, samples)
+        write_jsonl(sft_dir / "train.jsonl", kept)
+        if not kept:
+            log("grpo: the base answered no training problem right, so no SFT start; try rl.grpo_init=base")
+            rundir.record_stop("no_data", "no right rationale for the SFT start")
+            return rundir.metrics()
+        steps = num_steps(1, cfg.train.start_steps, cfg.train.step_growth)
+        model, sft = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
+                                                     for k in kept], cfg, steps, sft_dir, seed=cfg.run.seed + 1)
+        result = evaluate_stage(sft_dir, model, tokenizer, task, train, test, cfg, few_shot=False)
+        _finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
+                    generated_tokens=sum(s["tokens"] for s in samples), train_loss=sft.train_loss,
+                    trained_tokens=sft.trained_tokens, train_world_size=sft.world_size,
+                    budget_exhausted=budget.cut is not None)
+        if distributed.is_main():
+            cache.unlink(missing_ok=True)
+        base = detach_adapter(model)
+        del model
+        release_memory()
+    spent = budget_spent(rundir.metrics(), cfg)
+    if spent:
+        log(f"grpo: budget reached ({spent}) before RL")
+        rundir.record_stop("budget", f"{spent}, before RL")
+        return rundir.metrics()
+
+    # --- GRPO, rewarded by the grader ----------------------------------------------------------
+    it = 2 if from_sft else 1
+    t0, it_dir = time.time(), rundir.iter_dir(it)
+    it_dir.mkdir(parents=True, exist_ok=True)
     counter: dict[str, int] = {}
     if distributed.is_main():
         (it_dir / "rollouts.jsonl").unlink(missing_ok=True)  # an interrupted attempt's rollouts
     reward = make_reward(task, {p.id: p for p in train}, correctness_weight=1.0, counter=counter,
-                         rollouts=it_dir / "rollouts.jsonl")
-    set_seed(cfg.run.seed + 1)
-    policy = fresh_adapter(base, cfg.model)
+                         num_generations=cfg.rl.num_generations, rollouts=it_dir / "rollouts.jsonl")
+    set_seed(cfg.run.seed + it)
+    policy = (PeftModel.from_pretrained(base, str(rundir.iter_dir(1) / "adapter"), is_trainable=True) if from_sft
+              else fresh_adapter(base, cfg.model))
+    remaining = cfg.run.budget_tokens - spent_tokens(rundir.metrics(), cfg)
     model, trained = train_rl(policy, tokenizer, task, train, reward, cfg, it_dir,
-                              num_few_shot=cfg.task.num_few_shot, budget_tokens=cfg.run.budget_tokens,
+                              num_few_shot=0 if from_sft else cfg.task.num_few_shot,
+                              budget_tokens=max(1, remaining) if cfg.run.budget_tokens else 0,
                               budget_seconds=_seconds_left(rundir, cfg), counter=counter)
-    result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=True)
-    _finish_row(rundir, 1, "rl", t0, result, generated_tokens=counter.get("tokens", 0),
-                **rl_summary(trained))
+    result = evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg, few_shot=not from_sft)
+    summary = rl_summary(trained)
+    _finish_row(rundir, it, "rl", t0, result, generated_tokens=counter.get("tokens", 0), rl_init=cfg.rl.grpo_init,
+                **summary, **reward_false_positives(counter))
+    rundir.record_stop(trained.stop_reason, f"RL: {summary['rl_steps']} steps")
     return rundir.metrics()
 
 
 def _last_logged(history: list[dict[str, Any]], key: str):
     return next((h[key] for h in reversed(history) if key in h), None)
+
+
+def _first_logged(history: list[dict[str, Any]], key: str):
+    return next((h[key] for h in history if key in h), None)
 
 
 def run_dpo(cfg: Config) -> list[dict[str, Any]]:
@@ -293,7 +393,7 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
     from peft import PeftModel
     from transformers import set_seed
 
-    from .rl import preference_pairs, train_dpo
+    from .rl import preference_pairs, preference_steps, train_dpo
 
     started = start_run(cfg)
     if started is None:
@@ -303,10 +403,12 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
     model = base if last == 0 else load_adapter(base, rundir.iter_dir(last) / "adapter")
     sample_cfg = copy.deepcopy(cfg)
     sample_cfg.sampling.temperature = cfg.dpo.temperature
+    stop = ("iterations", f"star.iterations = {cfg.star.iterations} finished")
     for it in range(last + 1, cfg.star.iterations + 1):
         spent = budget_spent(rundir.metrics(), cfg)
         if spent:
             log(f"dpo: budget reached ({spent}); stopping before iteration {it}")
+            stop = ("budget", spent)
             break
         t0, it_dir = time.time(), rundir.iter_dir(it)
         clear_unfinished(it_dir)
@@ -327,9 +429,11 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
         solved = {s["id"] for s in samples if s["correct"]}
         log(f"dpo iteration {it}: {len(solved)}/{len(train)} problems answered right at least once, "
             f"{len(kept)} right rationales, {len(pairs)} right-over-wrong pairs")
-        if not kept or not pairs:
+        if not kept or (not pairs and cfg.dpo.pairs_from == "previous"):
             log(f"dpo iteration {it}: no {'right rationale' if not kept else 'pair'} to train on; stopping. Sample "
                 "more per problem (dpo.samples_per_problem) or at a higher dpo.temperature.")
+            stop = ("budget", budget.cut) if budget.cut else ("no_data", f"iteration {it}: no "
+                                                              f"{'right rationale' if not kept else 'pair'}")
             break
 
         # --- SFT on the right ones, fresh from the base: the DPO reference -----------------------
@@ -340,31 +444,59 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
         sft_model, sft = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
                                                          for k in kept], cfg, steps, it_dir / "sft",
                                        seed=cfg.run.seed + it)
+        # --- the pairs: sampled from the SFT adapter DPO starts from (dpo.pairs_from: policy) -------------
+        policy_samples: list[dict[str, Any]] = []
+        if cfg.dpo.pairs_from == "policy" and not budget.cut:
+            pair_cache = it_dir / "pairs.partial.jsonl"
+            pair_budget = Budget.for_iteration(rundir.metrics(), cfg, pair_cache, started=t0)
+            pair_budget.tokens += sum(s["tokens"] for s in samples)  # this iteration's first sampling
+            policy_samples = sample_rationales(sft_model, tokenizer, task, train, sample_cfg, hint=False,
+                                               few_shot=cfg.sampling.few_shot_after_training, cache=pair_cache,
+                                               num_samples=cfg.dpo.samples_per_problem, budget=pair_budget)
+            write_jsonl(it_dir / "policy_samples.jsonl", policy_samples)
+            pairs = preference_pairs(task, train, policy_samples, cfg.dpo.max_pairs_per_problem)
+            write_jsonl(it_dir / "pairs.jsonl", pairs)
+            budget.cut = budget.cut or pair_budget.cut
+            if distributed.is_main():
+                pair_cache.unlink(missing_ok=True)
+            log(f"dpo iteration {it}: the SFT adapter's {len(policy_samples)} samples gave {len(pairs)} pairs")
         base = detach_adapter(sft_model)
         del sft_model
+        if not pairs:
+            log(f"dpo iteration {it}: no right-over-wrong pair to train on; stopping. Sample more per problem "
+                "(dpo.samples_per_problem) or at a higher dpo.temperature.")
+            stop = ("budget", budget.cut) if budget.cut else ("no_data", f"iteration {it}: no pair")
+            model = base
+            break
 
         # --- DPO on right-over-wrong pairs, held to the SFT adapter --------------------------------
         reference = it_dir / "sft" / "adapter"
         set_seed(cfg.run.seed + it)
         policy = (PeftModel.from_pretrained(base, str(reference), is_trainable=True)
                   if cfg.dpo.policy_init == "sft" else fresh_adapter(base, cfg.model))
-        model, dpo = train_dpo(policy, tokenizer, pairs, cfg, it_dir, steps=cfg.dpo.steps,
+        dpo_steps = preference_steps(len(pairs), cfg.dpo.epochs, cfg.dpo.batch_size, cfg.dpo.steps)
+        model, dpo = train_dpo(policy, tokenizer, pairs, cfg, it_dir, steps=dpo_steps,
                                learning_rate=cfg.dpo.learning_rate, batch_size=cfg.dpo.batch_size,
                                beta=cfg.dpo.beta, nll_weight=cfg.dpo.nll_weight, reference=reference)
-        result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg,
-                               few_shot=cfg.sampling.few_shot_after_training)
+        result = evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg, few_shot=cfg.sampling.few_shot_after_training)
         _finish_row(rundir, it, "dpo", t0, result, num_train_examples=len(kept), num_pairs=len(pairs),
                     num_correct_samples=len(solved), train_accuracy=len(solved) / len(train), steps=steps,
-                    train_loss=sft.train_loss, dpo_steps=_last_logged(dpo.history, "step") or cfg.dpo.steps,
-                    dpo_loss=dpo.train_loss,  # mean over all steps: logged rows may be none (train.logging_steps)
+                    train_loss=sft.train_loss, dpo_steps=dpo_steps, dpo_loss=dpo.train_loss,
                     dpo_reward_accuracy=_last_logged(dpo.history, "rewards/accuracies"),
-                    trained_tokens=sft.trained_tokens + dpo.trained_tokens,
-                    generated_tokens=sum(s["tokens"] for s in samples), budget_exhausted=budget.cut is not None)
+                    dpo_chosen_logp_first=_first_logged(dpo.history, "logps/chosen"),
+                    dpo_chosen_logp_last=_last_logged(dpo.history, "logps/chosen"),
+                    dpo_rejected_logp_first=_first_logged(dpo.history, "logps/rejected"),
+                    dpo_rejected_logp_last=_last_logged(dpo.history, "logps/rejected"),
+                    pairs_from=cfg.dpo.pairs_from, trained_tokens=sft.trained_tokens + dpo.trained_tokens,
+                    generated_tokens=sum(s["tokens"] for s in samples + policy_samples),
+                    budget_exhausted=budget.cut is not None)
         if distributed.is_main():
             cache.unlink(missing_ok=True)
         if budget.cut:
             log(f"dpo iteration {it}: budget reached while sampling ({budget.cut}); last iteration")
+            stop = ("budget", budget.cut)
             break
+    rundir.record_stop(*stop)
     return rundir.metrics()
 
 
@@ -376,7 +508,7 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     the row reports verifier best-of-k (its accuracy and eval.jsonl), majority@k and greedy on them."""
     from peft import PeftModel
 
-    from .rl import load_verifier, preference_pairs, train_dpo, verifier_scores
+    from .rl import load_verifier, preference_pairs, preference_steps, train_dpo, verifier_scores
 
     rows = run_star(cfg)
     if any(r.get("stage") == "verifier" for r in rows):
@@ -405,7 +537,8 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
         return rundir.metrics()
     reference = rundir.iter_dir(generations[0]) / "adapter"  # V-STaR: from the first SFT generator
     policy = PeftModel.from_pretrained(base, str(reference), is_trainable=True)
-    verifier, trained = train_dpo(policy, tokenizer, pairs, cfg, it_dir / "verifier_training", steps=cfg.v_star.steps,
+    verifier_steps = preference_steps(len(pairs), cfg.v_star.epochs, cfg.v_star.batch_size, cfg.v_star.steps)
+    verifier, trained = train_dpo(policy, tokenizer, pairs, cfg, it_dir / "verifier_training", steps=verifier_steps,
                                   learning_rate=cfg.v_star.learning_rate, batch_size=cfg.v_star.batch_size,
                                   beta=cfg.v_star.beta)
     if distributed.is_main():  # rank 0 keeps the run directory; the others wait for the move
@@ -421,8 +554,9 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     num_shots = cfg.task.num_few_shot if cfg.sampling.few_shot_after_training else 0
     prompts = [task.prompt(p, num_few_shot=num_shots) for p in test for _ in range(k)]
     gens = generator(cfg)(gen, tokenizer, prompts, batch_size=cfg.eval.batch_size,
-                          max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.k_temperature,
-                          top_p=cfg.eval.k_top_p, stop_strings=task.stop_strings, desc=f"candidates @{k}")
+                          # drawn as the verifier's training samples were, so it scores what it learned on
+                          max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.v_star.temperature,
+                          top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=f"candidates @{k}")
     texts = [task.clean_completion(g.text) for g in gens]
     base = detach_adapter(gen)
     del gen
@@ -440,11 +574,11 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     write_jsonl(it_dir / "eval.jsonl", row.pop("records"))
     result = {key: row.pop(key) for key in ("accuracy", "num_eval", "num_correct", "ci_low", "ci_high",
                                             "accuracy_by_difficulty")}
-    _finish_row(rundir, it, "verifier", t0, result, **row, num_pairs=len(pairs), verifier_steps=cfg.v_star.steps,
+    _finish_row(rundir, it, "verifier", t0, result, **row, num_pairs=len(pairs), verifier_steps=verifier_steps,
                 verifier_loss=trained.train_loss,
                 verifier_reward_accuracy=_last_logged(trained.history, "rewards/accuracies"),
                 trained_tokens=trained.trained_tokens, generator_iteration=last,
-                eval_tokens=sum(c["tokens"] for c in candidates))
+                eval_tokens=sum(c["tokens"] for c in candidates), candidate_temperature=cfg.v_star.temperature)
     return rundir.metrics()
 
 
@@ -481,4 +615,26 @@ def choose_best_of_k(task, problems, candidates: list[dict[str, Any]], k: int,
     wrong = [c["verifier_score"] for c in candidates if not c["correct"]]
     out["verifier_score_right_mean"] = sum(right) / len(right) if right else None
     out["verifier_score_wrong_mean"] = sum(wrong) / len(wrong) if wrong else None
+    out.update(verifier_ranking(by_id))
     return out
+
+
+def verifier_ranking(by_id: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """How well the verifier ranks within a problem, which is all best-of-k uses: the share of (right,
+    wrong) candidate pairs of the same problem where the right one scores higher (ties count half; 0.5 =
+    chance), with the number of pairs and a 95% Wilson interval.
+
+    >>> c = {"a": [{"correct": True, "verifier_score": 2.0}, {"correct": False, "verifier_score": 1.0},
+    ...            {"correct": False, "verifier_score": 3.0}]}
+    >>> verifier_ranking(c)["verifier_pair_accuracy"], verifier_ranking(c)["verifier_pairs"]
+    (0.5, 2)
+    """
+    wins, n = 0.0, 0
+    for cands in by_id.values():
+        for r in (c["verifier_score"] for c in cands if c["correct"]):
+            for w in (c["verifier_score"] for c in cands if not c["correct"]):
+                wins += 1.0 if r > w else 0.5 if r == w else 0.0
+                n += 1
+    low, high = wilson(round(wins), n) if n else (None, None)
+    return {"verifier_pair_accuracy": wins / n if n else None, "verifier_pairs": n,
+            "verifier_pair_ci_low": low, "verifier_pair_ci_high": high}

@@ -138,6 +138,33 @@ def plot_accuracy_by_difficulty(run_dir: str | Path):
     return fig
 
 
+def rl_steps(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every RL step the run recorded (``iter_*/rl_steps.jsonl``), in order, each with its ``iteration``."""
+    rows = []
+    for path in sorted(Path(run_dir).glob("iter_*/rl_steps.jsonl")):
+        it = int(path.parent.name.split("_")[1])
+        rows += [dict(r, iteration=it) for r in read_jsonl(path)]
+    return rows
+
+
+def plot_rl_steps(run_dir: str | Path):
+    """Mean reward and the share of zero-variance groups (no gradient) against RL step: did RL learn?
+    None for a run without RL steps."""
+    steps = rl_steps(run_dir)
+    if not steps:
+        return None
+    fig, ax = _figure()
+    x = [r["step"] for r in steps]
+    ax.plot(x, [r["reward"] for r in steps], marker=".", label="mean reward")
+    ax.plot(x, [r["zero_variance_share"] for r in steps], marker=".", label="zero-variance groups (share)")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("reward / share")
+    ax.set_title("RL: reward and groups that carry no gradient")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def example_rationales(run_dir: str | Path, iteration: int | None = None, n: int = 3) -> dict[str, list[dict]]:
     """A few kept, rationalized, hint-leaking and wrong samples of one iteration (default: the last)."""
     rows = [r for r in _metrics(run_dir) if r["iteration"] > 0]
@@ -167,7 +194,7 @@ def write_report(run_dir: str | Path) -> Path:
     rows = _metrics(root)
     images = []
     for name, make in (("accuracy.png", plot_accuracy), ("training_set.png", plot_training_set),
-                       ("accuracy_by_difficulty.png", plot_accuracy_by_difficulty)):
+                       ("accuracy_by_difficulty.png", plot_accuracy_by_difficulty), ("rl_steps.png", plot_rl_steps)):
         fig = make(root)
         if fig is None:
             continue

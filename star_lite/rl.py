@@ -15,6 +15,7 @@ so the policy gradient never covers the model's invented next ``Q:`` turn.
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any, Callable
@@ -59,6 +60,17 @@ def preference_pairs(task: Task, problems: list[Problem], samples: list[dict[str
             pairs.append({"id": pid, "prompt": task.format_question(by_id[pid]), "chosen": chosen,
                           "rejected": rejected})
     return pairs
+
+
+def preference_steps(num_pairs: int, epochs: float, batch_size: int, cap: int = 0) -> int:
+    """DPO steps for ``num_pairs`` pairs: ``epochs`` passes at ``batch_size`` pairs a step, at most ``cap``
+    (0 = no cap), at least one.
+
+    >>> preference_steps(50, 3.0, 8), preference_steps(6, 3.0, 8), preference_steps(500, 3.0, 8, cap=40)
+    (19, 3, 40)
+    """
+    steps = max(1, math.ceil(epochs * num_pairs / batch_size))
+    return min(steps, cap) if cap else steps
 
 
 def split_pairs(pairs: list[dict[str, Any]], heldout_fraction: float, seed: int):
@@ -144,7 +156,8 @@ def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_
                         per_device_train_batch_size=cfg.rl.reward_batch_size,
                         learning_rate=cfg.rl.reward_learning_rate, max_length=cfg.train.max_length,
                         include_num_input_tokens_seen="non_padding",  # the comparison's cost counts them
-                        **_trainer_device_args(cfg))
+                        center_rewards_coefficient=cfg.rl.center_rewards_coefficient or None,
+                        **{**_trainer_device_args(cfg), "logging_steps": 1})
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     trainer = RewardTrainer(model=reward_model_start(cfg, tokenizer, init_adapter), args=args, train_dataset=data,
                             processing_class=tokenizer)
@@ -193,13 +206,19 @@ def pair_accuracy_summary(model, tokenizer, heldout: list[dict[str, Any]]) -> di
 
 def make_reward(task: Task, problems: dict[str, Problem], *, reward_model=None, tokenizer=None,
                 reward_model_weight: float = 0.0, correctness_weight: float = 1.0,
+                reward_model_scale: tuple[float, float] = (0.0, 1.0), num_generations: int = 0,
                 counter: dict[str, int] | None = None, rollouts: Path | None = None) -> Callable[..., list[float]]:
     """A TRL reward function: weighted reward-model score plus the task's correctness (1 or 0).
 
     The completion is cut at the task's stop strings first, so text past the answer is not judged.
+    Reward-model scores are standardised, ``(score - mean) / sd`` with ``reward_model_scale`` = (mean,
+    sd) of its scores on its training pairs, so a weight of 1 means one standard deviation of the
+    reward model against one right answer, and an uncentred model does not shift every reward.
     ``counter["tokens"]`` adds up the completion tokens; ``rollouts`` (a jsonl path) gets a row per
     completion: ``step`` (optimizer steps taken before it), ``prompt_id``, ``completion``, ``tokens``,
-    ``reward`` and its parts ``reward_model`` and ``grader``.
+    ``reward``, its parts ``reward_model`` (standardised) and ``grader``, and with ``num_generations``
+    (GRPO's group size) ``zero_variance``: whether every completion of its group got the same reward.
+    The last call's totals are kept in ``reward.last`` (dynamic sampling reads them).
 
     >>> from star_lite.tasks import load_task
     >>> t = load_task("arithmetic", min_digits=1, max_digits=1)
@@ -213,23 +232,58 @@ def make_reward(task: Task, problems: dict[str, Problem], *, reward_model=None, 
         if counter is not None and completion_ids is not None:  # every process's rollouts (data-parallel)
             counter["tokens"] = counter.get("tokens", 0) + sum(distributed.gather(sum(len(x) for x in completion_ids)))
         grader = [float(task.is_correct(c, problems[pid])) for c, pid in zip(cleaned, id)]
+        steps = [task.steps_are_right(c, problems[pid]) for c, pid in zip(cleaned, id)]
+        if counter is not None:  # right answers, and right answers through a wrong step (false positives)
+            counter["right"] = counter.get("right", 0) + sum(g == 1.0 for g in grader)
+            counter["false_positive"] = counter.get("false_positive", 0) + sum(
+                g == 1.0 and st is False for g, st in zip(grader, steps))
         scores: list[float | None] = [None] * len(cleaned)
         if reward_model_weight and reward_model is not None:
             bare = [task.format_question(problems[pid]) for pid in id]
-            scores = reward_scores(reward_model, tokenizer, bare, [task.format_completion(c) for c in cleaned])
+            mean, sd = reward_model_scale
+            scores = [(x - mean) / sd for x in
+                      reward_scores(reward_model, tokenizer, bare, [task.format_completion(c) for c in cleaned])]
         total = [correctness_weight * g + (reward_model_weight * s if s is not None else 0.0)
                  for g, s in zip(grader, scores)]
+        flat = zero_variance_groups(total, num_generations) if num_generations else []
+        reward.last = total
         if rollouts is not None:
             step = trainer_state.global_step if trainer_state is not None else 0
             rows = [{"step": step, "prompt_id": pid, "completion": c,
-                     "tokens": len(ids) if ids is not None else None, "reward": r, "reward_model": s, "grader": g}
-                    for pid, c, ids, r, s, g in zip(id, cleaned, completion_ids or [None] * len(cleaned), total,
-                                                      scores, grader)]
+                     "tokens": len(ids) if ids is not None else None, "reward": r, "reward_model": s, "grader": g,
+                     "steps_right": steps[i],
+                     **({"zero_variance": flat[i // num_generations]} if flat else {})}
+                    for i, (pid, c, ids, r, s, g) in enumerate(zip(id, cleaned, completion_ids or [None] * len(cleaned),
+                                                                   total, scores, grader))]
             append_jsonl(rollouts, [row for part in distributed.gather(rows) for row in part])  # rank 0 writes
         return total
 
     reward.__name__ = "reward"
+    reward.last = []
     return reward
+
+
+def zero_variance_groups(rewards: list[float], group_size: int) -> list[bool]:
+    """Per group of ``group_size`` consecutive rewards (GRPO's completions of one prompt), whether all are
+    equal: such a group has zero advantage and gives no gradient (DAPO's dynamic sampling drops it).
+
+    >>> zero_variance_groups([1.0, 1.0, 0.0, 1.0, 0.0, 0.0], 2)
+    [True, False, True]
+    """
+    groups = [rewards[i:i + group_size] for i in range(0, len(rewards), group_size)]
+    return [max(g) - min(g) <= 1e-9 * max(1.0, abs(max(g))) for g in groups]
+
+
+def reward_model_standardisation(model, tokenizer, pairs: list[dict[str, Any]]) -> tuple[float, float]:
+    """(mean, sd) of the reward model's scores on both sides of ``pairs`` (its training pairs): what
+    make_reward divides out. (0, 1), leaving scores as they are, without pairs or spread."""
+    if not pairs:
+        return 0.0, 1.0
+    prompts = [p["prompt"] for p in pairs] * 2
+    scores = reward_scores(model, tokenizer, prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    mean = sum(scores) / len(scores)
+    sd = (sum((x - mean) ** 2 for x in scores) / len(scores)) ** 0.5
+    return mean, sd if sd > 1e-6 else 1.0
 
 
 def cut_at_stop(ids: list[int], tokenizer, stop_strings) -> list[int]:
@@ -275,9 +329,43 @@ def _stopping_grpo_trainer():
                 model.generate = own
 
     class StoppingGRPOTrainer(GRPOTrainer):
-        def __init__(self, *args, stop_strings=(), **kwargs):
+        def __init__(self, *args, stop_strings=(), dynamic_sampling=False, max_rounds=4, budget_reached=None,
+                     sampling_seed=0, **kwargs):
             super().__init__(*args, **kwargs)
             self.stop_strings = tuple(stop_strings)
+            self.dynamic_sampling, self.max_rounds = dynamic_sampling, max_rounds
+            self.budget_reached = budget_reached or (lambda: False)
+            self.redraw_rng = random.Random(sampling_seed)
+            self.step_groups: dict[str, int] = {}  # this step's groups: drawn, dropped, trained with zero variance
+
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            size = self.num_generations
+            flat = zero_variance_groups(self.reward_funcs[0].last, size)
+            if not self.dynamic_sampling:
+                self.step_groups = {"drawn": len(flat), "dropped": 0, "zero_variance": sum(flat)}
+                return out
+            # DAPO's dynamic sampling: a group whose rewards are all equal has zero advantage; drop it and draw
+            # new prompts until the batch is full of informative groups, the budget is spent, or max_rounds redraws
+            wanted, drawn = len(flat), len(flat)
+            parts = [(out, [g for g, f in enumerate(flat) if not f])]
+            have = len(parts[0][1])
+            for _ in range(self.max_rounds):
+                if have >= wanted or self.budget_reached():
+                    break
+                rows = self.redraw_rng.sample(range(len(self.train_dataset)), min(wanted - have, len(self.train_dataset)))
+                extra = [self.train_dataset[i] for i in rows for _ in range(size)]
+                more = super()._generate_and_score_completions(extra)
+                more_flat = zero_variance_groups(self.reward_funcs[0].last, size)
+                drawn += len(more_flat)
+                keep = [g for g, f in enumerate(more_flat) if not f][:wanted - have]
+                parts.append((more, keep))
+                have += len(keep)
+            if have < wanted:  # fill up with the first batch's flat groups: they train nothing, but the shapes hold
+                parts.append((out, [g for g, f in enumerate(flat) if f][:wanted - have]))
+            self.step_groups = {"drawn": drawn, "dropped": drawn - wanted, "zero_variance": max(0, wanted - have)}
+            return merge_groups([(o, [g * size + j for g in groups for j in range(size)]) for o, groups in parts if groups],
+                                pad_id=self._tokenizer.pad_token_id)
 
         def _generate_single_turn(self, prompt_ids, *args, **kwargs):
             # Cut here, before TRL builds completion_mask and counts tokens from these lists: tokens past
@@ -295,12 +383,45 @@ def _stopping_grpo_trainer():
     return StoppingGRPOTrainer
 
 
+def merge_groups(parts: list[tuple[dict[str, Any], list[int]]], pad_id: int) -> dict[str, Any]:
+    """One GRPO batch from the chosen rows of several ``_generate_and_score_completions`` outputs: row
+    tensors are concatenated, prompts re-padded on the left and completions (and their per-token values)
+    on the right, and ``num_items_in_batch`` recounted from the merged completion mask.
+
+    >>> a = {"prompt_ids": torch.tensor([[5, 6]]), "completion_ids": torch.tensor([[7]]),
+    ...      "completion_mask": torch.tensor([[1]]), "advantages": torch.tensor([1.0]), "num_items_in_batch": 1}
+    >>> b = {"prompt_ids": torch.tensor([[6]]), "completion_ids": torch.tensor([[8, 9]]),
+    ...      "completion_mask": torch.tensor([[1, 1]]), "advantages": torch.tensor([-1.0]), "num_items_in_batch": 2}
+    >>> m = merge_groups([(a, [0]), (b, [0])], pad_id=0)
+    >>> m["prompt_ids"].tolist(), m["completion_ids"].tolist(), int(m["num_items_in_batch"])
+    ([[5, 6], [0, 6]], [[7, 0], [8, 9]], 3)
+    """
+    first = parts[0][0]
+    merged: dict[str, Any] = {}
+    for key, value in first.items():
+        if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and key != "num_items_in_batch"):
+            merged[key] = value
+            continue
+        chosen = [o[key][torch.tensor(rows, dtype=torch.long, device=o[key].device)] for o, rows in parts]
+        if value.dim() == 2:
+            width = max(c.shape[1] for c in chosen)
+            fill = pad_id if key.endswith("_ids") else 0
+            left = key.startswith("prompt_")
+            chosen = [torch.nn.functional.pad(c, (width - c.shape[1], 0) if left else (0, width - c.shape[1]),
+                                              value=fill) for c in chosen]
+        merged[key] = torch.cat(chosen)
+    if "completion_mask" in merged:
+        merged["num_items_in_batch"] = merged["completion_mask"].sum()
+    return merged
+
+
 # GRPOConfig fields star_lite sets from its own keys; rl.trl_options may not set them a second time
 _GRPO_OWN_KEYS = {"max_steps": "rl.steps", "per_device_train_batch_size": "rl.batch_size",
                   "num_generations": "rl.num_generations", "learning_rate": "rl.learning_rate", "beta": "rl.beta",
                   "temperature": "rl.generation_temperature", "max_completion_length": "rl.max_completion_length",
-                  "report_to": "train.report_to", "seed": "run.seed", "logging_steps": "train.logging_steps",
-                  "output_dir": "run.output_dir"}
+                  "report_to": "train.report_to", "seed": "run.seed", "logging_steps": "(every step, always)",
+                  "output_dir": "run.output_dir", "loss_type": "rl.loss_type", "scale_rewards": "rl.scale_rewards",
+                  "epsilon": "rl.epsilon", "epsilon_high": "rl.epsilon_high"}
 
 
 def check_trl_options(cfg: Config) -> None:
@@ -331,11 +452,36 @@ def grpo_args(cfg: Config, output_dir: Path) -> dict[str, Any]:
     """GRPOConfig's keyword arguments: the rl section, the device settings, then ``rl.trl_options``
     (for example TRL's vLLM options: use_vllm, vllm_mode, vllm_gpu_memory_utilization)."""
     check_trl_options(cfg)
-    return {"output_dir": str(output_dir), "max_steps": cfg.rl.steps,
+    return {"output_dir": str(output_dir), "max_steps": rl_max_steps(cfg),
             "per_device_train_batch_size": cfg.rl.batch_size, "num_generations": cfg.rl.num_generations,
             "learning_rate": cfg.rl.learning_rate, "beta": cfg.rl.beta,
             "temperature": cfg.rl.generation_temperature, "max_completion_length": max_completion_length(cfg),
-            **_trainer_device_args(cfg), **cfg.rl.trl_options}
+            "loss_type": cfg.rl.loss_type, "scale_rewards": cfg.rl.scale_rewards, "epsilon": cfg.rl.epsilon,
+            "epsilon_high": cfg.rl.epsilon_high or None,
+            **_trainer_device_args(cfg), "logging_steps": 1,  # every step's reward, KL and variance: none hidden
+            **cfg.rl.trl_options}
+
+
+def rl_max_steps(cfg: Config) -> int:
+    """GRPO's step count: ``rl.steps`` when set, else as many as the token budget could pay for (each
+    completion costs at least a token), stopped by the budget before that (``train_rl``).
+
+    >>> from star_lite.config import from_dict
+    >>> rl_max_steps(from_dict({"rl": {"steps": 0, "batch_size": 16}, "run": {"budget_tokens": 1600}}))
+    100
+    >>> rl_max_steps(from_dict({"rl": {"steps": 7}, "run": {"budget_tokens": 1600}}))
+    7
+    """
+    if cfg.rl.steps:
+        return cfg.rl.steps
+    if cfg.run.budget_tokens:
+        return max(1, math.ceil(cfg.run.budget_tokens / cfg.rl.batch_size))
+    if cfg.run.budget_seconds:
+        return 1_000_000  # the clock stops it
+    from .config import ConfigError
+
+    raise ConfigError("rl.steps: 0 means 'until run.budget_tokens or run.budget_seconds is spent', and neither is "
+                      "set; give RL a step count (rl.steps) or the run a budget")
 
 
 def max_completion_length(cfg: Config) -> int:
@@ -355,10 +501,14 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
 
     With ``rl.beta`` > 0 TRL copies the policy's adapter, as it is now, into a frozen "ref" adapter
     and takes the KL reference from it: from the SFT adapter that is the SFT policy, from a fresh
-    adapter (B = 0) the base. Training stops early once ``budget_tokens`` completion tokens were
-    generated or ``budget_seconds`` passed (0 = no limit), so RL methods stop at the same cost as
-    the others. Returns the model and a ``TrainResult`` (its history holds the rows with a reward;
-    trained tokens: prompt + completion tokens of every rollout trained on).
+    adapter (B = 0) the base. Training runs ``rl.steps`` steps, or (0) until ``budget_tokens`` were
+    spent (completion tokens; with ``run.budget_axis: all`` also the tokens trained on) or
+    ``budget_seconds`` passed: the step that spends the budget is the last. Every step writes a row to
+    ``out_dir/rl_steps.jsonl``: mean reward, its spread, the share of zero-variance groups it trained on
+    (and, with ``rl.dynamic_sampling``, the groups dropped and redrawn), KL to the reference, mean
+    completion length and the norm of the adapter's change since the start. Returns the model and a
+    ``TrainResult`` (its history holds those rows; trained tokens: prompt + completion tokens of every
+    rollout).
     """
     import time
     from datasets import Dataset
@@ -366,23 +516,70 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     from trl import GRPOConfig
 
     deadline = time.time() + budget_seconds if budget_seconds else None
+    steps_file = out_dir / "rl_steps.jsonl"
+    if distributed.is_main():
+        steps_file.unlink(missing_ok=True)  # an interrupted attempt's steps
+    trainer_box: list = []
+
+    def spent_tokens() -> int:
+        tokens = counter.get("tokens", 0) if counter else 0
+        if cfg.run.budget_axis == "all" and trainer_box:
+            tokens += int(trainer_box[0].state.num_input_tokens_seen or 0)
+        return tokens
+
+    def budget_reached() -> bool:
+        return bool(budget_tokens and spent_tokens() >= budget_tokens) or (deadline is not None and time.time() >= deadline)
 
     class StopAtBudget(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            stop = bool(budget_tokens and counter and counter.get("tokens", 0) >= budget_tokens)
-            stop = stop or (deadline is not None and time.time() >= deadline)
-            if distributed.broadcast(stop):  # rank 0's clock decides, so all processes stop at the same step
+            if distributed.broadcast(budget_reached()):  # rank 0's clock decides: all processes stop at one step
                 control.should_training_stop = True
+
+    class RecordSteps(TrainerCallback):
+        """One row per step: what a user looks at to see whether RL learned."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.start = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.model, self.norm = model, 0.0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            with torch.no_grad():
+                params = dict(self.model.named_parameters())
+                self.norm = sum(float((params[n].detach().float() - p0).pow(2).sum()) for n, p0 in self.start.items()) ** 0.5
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "reward" not in logs:
+                return
+            groups = trainer_box[0].step_groups if trainer_box else {}
+            trained = groups.get("drawn", 0) - groups.get("dropped", 0)
+            row = {"step": state.global_step, "reward": logs.get("reward"), "reward_std": logs.get("reward_std"),
+                   "zero_variance_share": groups["zero_variance"] / trained if trained else logs.get("frac_reward_zero_std"),
+                   "drawn_zero_variance_share": logs.get("frac_reward_zero_std"),
+                   "groups_drawn": groups.get("drawn"), "groups_dropped": groups.get("dropped"),
+                   "kl": logs.get("kl"), "completion_length": logs.get("completions/mean_length"),
+                   "update_norm": self.norm, "loss": logs.get("loss"), "spent_tokens": spent_tokens()}
+            logs.update({"zero_variance_share": row["zero_variance_share"], "update_norm": self.norm,
+                         "groups_dropped": row["groups_dropped"]})
+            if distributed.is_main():
+                append_jsonl(steps_file, [row])
 
     args = GRPOConfig(**grpo_args(cfg, out_dir / "rl_trainer"))
     data = Dataset.from_list([{"prompt": task.prompt(p, num_few_shot=num_few_shot), "id": p.id} for p in problems])
+    if cfg.rl.dynamic_sampling and distributed.world_size() > 1:
+        raise TrainingError("rl.dynamic_sampling redraws prompts inside one process; run it without accelerate launch "
+                            "or set rl.dynamic_sampling=false")
     trainer = _stopping_grpo_trainer()(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=data,
-                                       processing_class=tokenizer, callbacks=[StopAtBudget()],
-                                       stop_strings=task.stop_strings)
+                                       processing_class=tokenizer, callbacks=[StopAtBudget(), RecordSteps()],
+                                       stop_strings=task.stop_strings, dynamic_sampling=cfg.rl.dynamic_sampling,
+                                       max_rounds=cfg.rl.dynamic_sampling_max_rounds, budget_reached=budget_reached,
+                                       sampling_seed=cfg.run.seed)
+    trainer_box.append(trainer)
     match_adapter_dtype(trainer.model, cfg)
     trainer.train()
     model, result = _save_policy(trainer, out_dir, out_dir / "rl_trainer", key="reward")
+    result.stop_reason = "budget" if budget_reached() else "steps"
     del trainer
+    trainer_box.clear()
     release_memory()
     return model, result
 
@@ -446,7 +643,7 @@ def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_d
     args = DPOConfig(output_dir=str(out_dir / "dpo_trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
                      learning_rate=learning_rate, beta=beta, max_length=cfg.train.max_length,
                      include_num_input_tokens_seen="non_padding",  # the comparison's cost counts them
-                     **losses, **_trainer_device_args(cfg))
+                     **losses, **{**_trainer_device_args(cfg), "logging_steps": 1})  # every step in the history
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     trainer = DPOTrainer(model=policy, args=args, train_dataset=data, processing_class=tokenizer)
     model = trainer.model

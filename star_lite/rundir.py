@@ -191,6 +191,23 @@ class RunDir:
         append_jsonl(self.metrics_path, [row])
         distributed.barrier()
 
+    STOP_REASONS = ("budget", "iterations", "steps", "validation_stopped_rising", "no_data", "schedule")
+
+    def record_stop(self, reason: str, detail: str = "") -> None:
+        """Why the method stopped (``stop.json``): budget (run.budget_* spent), iterations (star.iterations
+        reached), steps (rl.steps reached), validation_stopped_rising, no_data (nothing to train on), schedule
+        (a method with a fixed length that generates nothing, sft-direct). The comparison shows it beside the
+        budget spent."""
+        if reason not in self.STOP_REASONS:
+            raise ValueError(f"stop reason {reason!r} is not one of {self.STOP_REASONS}")
+        if distributed.is_main():
+            write_atomic(self.root / "stop.json", json.dumps({"stop_reason": reason, "detail": detail}) + "\n")
+
+    def stop(self) -> dict[str, Any]:
+        """What ``record_stop`` saved ({} when the run never recorded one)."""
+        path = self.root / "stop.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def check_writable(self) -> None:
         """Create the directory; refuse one this process cannot write, naming run.output_dir."""
         try:

@@ -37,6 +37,7 @@ class TrainResult:
     train_loss: float | None = None  # the trainer's mean training loss over all steps (logged or not)
     trained_tokens: int = 0  # tokens through forward and backward, padding excluded (the cost axis)
     world_size: int = 1  # processes the trainer trained on (data-parallel under accelerate launch)
+    stop_reason: str | None = None  # RL: "budget" (run.budget_* spent) or "steps" (rl.steps reached)
 
     @classmethod
     def from_trainer(cls, trainer, key: str = "loss") -> "TrainResult":

@@ -49,7 +49,7 @@ def test_every_method_runs_and_the_comparison_has_a_row_per_method_and_iteration
     with open(out / "comparison.csv") as f:
         table = list(csv.DictReader(f))
     expected = {"few-shot": [0], "sft-direct": [0, 1], "star": [0, 1, 2], "star-no-rationalization": [0, 1, 2],
-                "rest-em": [0, 1, 2], "self-motivated": [0, 1, 2], "grpo": [0, 1]}
+                "rest-em": [0, 1, 2], "self-motivated": [0, 1, 2], "grpo": [0, 1, 2]}
     for method, its in expected.items():
         metrics = read_jsonl(out / "seed_0" / method / "metrics.jsonl")
         assert [r["iteration"] for r in metrics] == its, method
@@ -96,20 +96,30 @@ def test_self_motivated_logs_reward_model_and_rl(finished_compare):
     samples = read_jsonl(out / "seed_0" / "self-motivated" / "iter_001" / "samples.jsonl")
     assert len(samples) == 3 * cfg.task.num_train and all("hint_answer" in s for s in samples)
     assert rows[1]["generated_tokens"] == sum(s["tokens"] for s in samples)
-    for method, it in (("self-motivated", 2), ("grpo", 1)):
+    for method, it in (("self-motivated", 2), ("grpo", 2)):
         rollouts = read_jsonl(out / "seed_0" / method / f"iter_{it:03d}" / "rollouts.jsonl")
         row = read_jsonl(out / "seed_0" / method / "metrics.jsonl")[it]
         assert sum(r["tokens"] for r in rollouts) == row["generated_tokens"]
         assert max(r["tokens"] for r in rollouts) <= cfg.sampling.max_new_tokens  # rl.max_completion_length: 0
         assert {r["step"] for r in rollouts} == set(range(row["rl_steps"]))
+        # one diagnostics row per step, none hidden by train.logging_steps; the report plots them
+        steps = read_jsonl(out / "seed_0" / method / f"iter_{it:03d}" / "rl_steps.jsonl")
+        assert [r["step"] for r in steps] == list(range(1, row["rl_steps"] + 1))
+        for key in ("reward", "zero_variance_share", "kl", "completion_length", "update_norm"):
+            assert all(r[key] is not None for r in steps), key
+        assert steps[-1]["update_norm"] > 0 and row["rl_update_norm"] == steps[-1]["update_norm"]
+        assert row["rl_stop_reason"] == "steps"  # rl.steps = 2 capped it before run.budget_tokens (none)
     sft_adapter = out / "seed_0" / "self-motivated" / "iter_001" / "adapter" / "adapter_model.safetensors"
     rl_adapter = out / "seed_0" / "self-motivated" / "iter_002" / "adapter" / "adapter_model.safetensors"
     from safetensors.torch import load_file
 
     a, b = load_file(sft_adapter), load_file(rl_adapter)
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a), "RL did not change the adapter"
-    grpo = read_jsonl(out / "seed_0" / "grpo" / "metrics.jsonl")[-1]
-    assert grpo["stage"] == "rl" and grpo["rl_reward_first"] is not None
+    grpo = read_jsonl(out / "seed_0" / "grpo" / "metrics.jsonl")
+    assert [r["stage"] for r in grpo] == ["few-shot", "sft", "rl"]  # rl.grpo_init: sft, the default
+    assert grpo[-1]["rl_reward_first"] is not None and grpo[-1]["rl_init"] == "sft"
+    from star_lite.report import write_report
+    assert "rl_steps.png" in write_report(out / "seed_0" / "grpo").read_text()
 
 
 def test_plot_values_match_the_table(finished_compare):

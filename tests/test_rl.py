@@ -239,7 +239,8 @@ def test_pair_accuracy_comes_with_its_count_and_wilson_interval(tiny_model_dir, 
 def test_grpo_stops_at_the_first_step_that_reaches_the_token_budget(tiny_model_dir, tmp_path):
     from star_lite.methods import run_method
 
-    data = tiny_config_dict(tiny_model_dir, tmp_path / "unused", rl={**RL, "steps": 6}, run={"budget_tokens": 12})
+    data = tiny_config_dict(tiny_model_dir, tmp_path / "unused", rl={**RL, "steps": 6, "grpo_init": "base"},
+                            run={"budget_tokens": 12})
     data["compare"] = {"methods": ["grpo"], "output_dir": str(tmp_path), "seeds": [0]}
     row = run_method(from_dict(data), "grpo")[-1]
     rollouts = read_jsonl(tmp_path / "grpo" / "iter_001" / "rollouts.jsonl")

@@ -96,6 +96,20 @@ def _unordered(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a <= b else (b, a)
 
 
+_SUM = re.compile(r"(\d+(?:\s*\+\s*\d+)+)\s*=\s*(\d+)")
+
+
+def sums_hold(text: str) -> bool:
+    """Whether every written sum ``a + b (+ c ...) = s`` in ``text`` is right (True when none is written).
+
+    >>> sums_hold("12 + 7 = 19. 19 + 5 = 24. The answer is 24."), sums_hold("12 + 7 = 18. 18 + 5 = 24.")
+    (True, False)
+    >>> sums_hold("5 + 2 + 1 = 8, write 8 carry 0.")
+    True
+    """
+    return all(sum(int(x) for x in terms.split("+")) == int(total) for terms, total in _SUM.findall(text))
+
+
 class ArithmeticTask(Task):
     """Addition of two n-digit numbers, n drawn uniformly from [min_digits, max_digits].
 
@@ -110,7 +124,8 @@ class ArithmeticTask(Task):
     name = "arithmetic"
 
     def __init__(self, min_digits: int = 1, max_digits: int = 2, rationale: str = "scratchpad",
-                 test_fraction: float = 0.2, validation_fraction: float = 0.1):
+                 test_fraction: float = 0.2, validation_fraction: float = 0.1, verify_steps: bool = False):
+        self.verify_steps = verify_steps  # true: a right answer through a wrong written sum is graded wrong
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"task.options: need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         if rationale not in RATIONALE_STYLES:
@@ -177,6 +192,12 @@ class ArithmeticTask(Task):
         return self._exemplars
 
     # --- grading ----------------------------------------------------------------------
+    def steps_are_right(self, completion: str, problem: Problem) -> bool | None:
+        return sums_hold(completion)
+
+    def is_correct(self, completion: str, problem: Problem) -> bool:
+        return super().is_correct(completion, problem) and (not self.verify_steps or sums_hold(completion))
+
     def extract_answer(self, completion: str) -> str | None:
         return extract_number_answer(completion)
 

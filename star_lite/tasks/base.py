@@ -159,6 +159,16 @@ class Task:
             return False
         return answer is not None and answer == problem.answer
 
+    def steps_are_right(self, completion: str, problem: Problem) -> bool | None:
+        """Whether every step the rationale writes holds (not only its final answer); None where the task
+        cannot check steps. A right answer reached through a wrong step is a false positive, the failure
+        STaR and ReST-EM both name; runs report their share of the rationales they keep or reward."""
+        return None
+
+    def is_false_positive(self, completion: str, problem: Problem) -> bool:
+        """Graded right, but through a step that does not hold."""
+        return self.steps_are_right(completion, problem) is False and self.is_correct(completion, problem)
+
     def difficulty(self, problem: Problem) -> str | None:
         """A label to group accuracy by (e.g. digit count); None if the task has none."""
         return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from .arithmetic import extract_number_answer
+from .arithmetic import extract_number_answer, sums_hold
 from .base import Exemplar, Problem, Task
 
 SPLITS = ("train", "validation", "test")
@@ -59,7 +59,9 @@ class ChainAdditionTask(Task):
     name = "chain_addition"
 
     def __init__(self, num_terms: int = 3, max_value: int = 19, rationale: str = "chain",
-                 test_fraction: float = 0.3, validation_fraction: float = 0.1, num_exemplars: int = 8):
+                 test_fraction: float = 0.3, validation_fraction: float = 0.1, num_exemplars: int = 8,
+                 verify_steps: bool = False):
+        self.verify_steps = verify_steps  # true: a right answer through a wrong partial sum is graded wrong
         if num_terms < 2:
             raise ValueError(f"task.options.num_terms: need at least 2, got {num_terms}")
         if max_value < 2:
@@ -127,6 +129,12 @@ class ChainAdditionTask(Task):
         """Nearby wrong sums (a slip of one or of ten in a step)."""
         gold = int(problem.answer)
         return [str(gold + d) for d in (-1, 1, -10, 10, -2, 2) if gold + d >= 0][:num]
+
+    def steps_are_right(self, completion: str, problem: Problem) -> bool | None:
+        return sums_hold(completion)
+
+    def is_correct(self, completion: str, problem: Problem) -> bool:
+        return super().is_correct(completion, problem) and (not self.verify_steps or sums_hold(completion))
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_number_answer(completion)
