@@ -36,7 +36,7 @@ def test_a_method_that_stops_early_without_a_reason_is_flagged():
 def test_grpo_with_rl_steps_0_runs_until_the_budget_is_spent(tiny_model_dir, tmp_path):
     from star_lite.methods import run_method
 
-    budget = 40
+    budget = 100  # a few steps of 4 completions of at most 8 tokens
     data = tiny_config_dict(tiny_model_dir, tmp_path / "unused", rl={**RL, "steps": 0}, run={"budget_tokens": budget})
     data["compare"] = {"methods": ["grpo"], "output_dir": str(tmp_path), "seeds": [0]}
     row = run_method(from_dict(data), "grpo")[-1]
@@ -99,8 +99,9 @@ def test_dynamic_sampling_drops_a_zero_variance_group_and_trains_on_informative_
     steps = read_jsonl(tmp_path / "rl_steps.jsonl")
     assert sum(s["groups_dropped"] for s in steps) >= 1
     assert all(s["zero_variance_share"] == 0.0 for s in steps if s["groups_dropped"])
-    for adv in trained_on:  # every group trained on has advantages of both signs
-        assert all((g > 0).any() and (g < 0).any() for g in adv.view(-1, cfg.rl.num_generations))
+    # every completion trained on carries a gradient: a flat group's advantages are all 0 (TRL shuffles the
+    # rows of a batch before the loss, so the groups are not checked one by one)
+    assert len(trained_on) == 2 and all((adv.abs() > 1e-3).all() for adv in trained_on)
 
 
 def test_zero_variance_groups_are_the_groups_whose_rewards_are_all_equal():

@@ -101,7 +101,7 @@ def test_rollout_generation_ends_when_every_rollout_has_stopped(tiny_model_dir, 
 
 
 def test_rl_completion_length_defaults_to_the_sampling_length(tiny_model_dir, tmp_path):
-    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path))
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, run={"budget_tokens": 100}))
     assert grpo_args(cfg, tmp_path)["max_completion_length"] == cfg.sampling.max_new_tokens == 8
     cfg = _rl_config(tiny_model_dir, tmp_path, max_completion_length=5)
     assert grpo_args(cfg, tmp_path)["max_completion_length"] == 5
