@@ -540,7 +540,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.start = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-            self.model, self.norm = model, 0.0
+            self.model, self.norm, self.rows = model, 0.0, []
 
         def on_step_end(self, args, state, control, **kwargs):
             with torch.no_grad():
@@ -558,8 +558,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
                    "groups_drawn": groups.get("drawn"), "groups_dropped": groups.get("dropped"),
                    "kl": logs.get("kl"), "completion_length": logs.get("completions/mean_length"),
                    "update_norm": self.norm, "loss": logs.get("loss"), "spent_tokens": spent_tokens()}
-            logs.update({"zero_variance_share": row["zero_variance_share"], "update_norm": self.norm,
-                         "groups_dropped": row["groups_dropped"]})
+            self.rows.append(row)
             if distributed.is_main():
                 append_jsonl(steps_file, [row])
 
@@ -568,8 +567,9 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     if cfg.rl.dynamic_sampling and distributed.world_size() > 1:
         raise TrainingError("rl.dynamic_sampling redraws prompts inside one process; run it without accelerate launch "
                             "or set rl.dynamic_sampling=false")
+    recorder = RecordSteps()
     trainer = _stopping_grpo_trainer()(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=data,
-                                       processing_class=tokenizer, callbacks=[StopAtBudget(), RecordSteps()],
+                                       processing_class=tokenizer, callbacks=[StopAtBudget(), recorder],
                                        stop_strings=task.stop_strings, dynamic_sampling=cfg.rl.dynamic_sampling,
                                        max_rounds=cfg.rl.dynamic_sampling_max_rounds, budget_reached=budget_reached,
                                        sampling_seed=cfg.run.seed)
@@ -578,6 +578,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     trainer.train()
     model, result = _save_policy(trainer, out_dir, out_dir / "rl_trainer", key="reward")
     result.stop_reason = "budget" if budget_reached() else "steps"
+    result.history = recorder.rows  # one row per step, with star_lite's diagnostics beside TRL's logs
     del trainer
     trainer_box.clear()
     release_memory()

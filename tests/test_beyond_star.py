@@ -47,6 +47,13 @@ def test_each_method_writes_its_stages_and_the_comparison_shows_them(beyond_comp
     dpo = [r for r in read_jsonl(out / "seed_0" / "dpo" / "metrics.jsonl") if r["stage"] == "dpo"]
     assert all(r["num_pairs"] > 0 and r["trained_tokens"] > 0 and r["generated_tokens"] > 0 for r in dpo)
     assert all(r["dpo_loss"] is not None for r in dpo)
+    # the pairs come from the SFT adapter DPO starts from (dpo.pairs_from: policy), and steps follow their number
+    for r in dpo:
+        it_dir = out / "seed_0" / "dpo" / f"iter_{r['iteration']:03d}"
+        drawn = {(s["id"], s["completion"].strip()) for s in read_jsonl(it_dir / "policy_samples.jsonl")}
+        pairs = read_jsonl(it_dir / "pairs.jsonl")
+        assert r["pairs_from"] == "policy" and pairs and all((p["id"], p["chosen"].strip()) in drawn for p in pairs)
+        assert r["dpo_steps"] == min(cfg.dpo.steps, -(-int(cfg.dpo.epochs * len(pairs)) // cfg.dpo.batch_size))
 
 
 def test_v_star_reports_best_of_k_majority_and_greedy_on_the_same_candidates(beyond_compare):
