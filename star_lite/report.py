@@ -156,7 +156,10 @@ def plot_rl_steps(run_dir: str | Path):
     fig, ax = _figure()
     x = [r["step"] for r in steps]
     ax.plot(x, [r["reward"] for r in steps], marker=".", label="mean reward")
-    ax.plot(x, [r["zero_variance_share"] for r in steps], marker=".", label="zero-variance groups (share)")
+    ax.plot(x, [r["zero_variance_share"] for r in steps], marker=".", label="zero-variance groups trained on (share)")
+    if any(r.get("groups_dropped") for r in steps):  # dynamic sampling: what was drawn before the drop
+        ax.plot(x, [r.get("drawn_zero_variance_share") for r in steps], marker=".", linestyle="--",
+                label="zero-variance groups drawn (share)")
     ax.set_xlabel("RL step")
     ax.set_ylabel("reward / share")
     ax.set_title("RL: reward and groups that carry no gradient")
