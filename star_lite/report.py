@@ -147,6 +147,18 @@ def rl_steps(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def drawn_zero_variance_share(step: dict[str, Any]) -> float | None:
+    """The share of flat groups among all a step drew, dropped ones included (every dropped group is flat).
+
+    >>> drawn_zero_variance_share({"groups_drawn": 4, "groups_dropped": 2, "zero_variance_share": 0.5})
+    0.75
+    """
+    drawn, dropped = step.get("groups_drawn"), step.get("groups_dropped") or 0
+    if not drawn:
+        return step.get("zero_variance_share")
+    return (dropped + step["zero_variance_share"] * (drawn - dropped)) / drawn
+
+
 def plot_rl_steps(run_dir: str | Path):
     """Mean reward and the share of zero-variance groups (no gradient) against RL step: did RL learn?
     None for a run without RL steps."""
@@ -158,7 +170,7 @@ def plot_rl_steps(run_dir: str | Path):
     ax.plot(x, [r["reward"] for r in steps], marker=".", label="mean reward")
     ax.plot(x, [r["zero_variance_share"] for r in steps], marker=".", label="zero-variance groups trained on (share)")
     if any(r.get("groups_dropped") for r in steps):  # dynamic sampling: what was drawn before the drop
-        ax.plot(x, [r.get("drawn_zero_variance_share") for r in steps], marker=".", linestyle="--",
+        ax.plot(x, [drawn_zero_variance_share(r) for r in steps], marker=".", linestyle="--",
                 label="zero-variance groups drawn (share)")
     ax.set_xlabel("RL step")
     ax.set_ylabel("reward / share")

@@ -554,7 +554,6 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
             trained = groups.get("drawn", 0) - groups.get("dropped", 0)
             row = {"step": state.global_step, "reward": logs.get("reward"), "reward_std": logs.get("reward_std"),
                    "zero_variance_share": groups["zero_variance"] / trained if trained else logs.get("frac_reward_zero_std"),
-                   "drawn_zero_variance_share": logs.get("frac_reward_zero_std"),
                    "groups_drawn": groups.get("drawn"), "groups_dropped": groups.get("dropped"),
                    "kl": logs.get("kl"), "completion_length": logs.get("completions/mean_length"),
                    "update_norm": self.norm, "loss": logs.get("loss"), "spent_tokens": spent_tokens()}
