@@ -169,7 +169,7 @@ class RLConfig:
     #   rationales (one STaR iteration without rationalization), as DeepSeekMath starts GRPO from an SFT model;
     #   base = a fresh adapter on the base model (measured: right 15% of the time at T=1, most groups flat)
     max_completion_length: int = 0  # 0 = sampling.max_new_tokens: rollouts get the room the task's rationales get
-    beta: float = 0.04  # KL penalty to the starting policy (self-motivated: the SFT adapter; grpo: the base),
+    beta: float = 0.04  # KL penalty to the starting policy (self-motivated and grpo: their SFT adapter),
     #   TRL's former default: guards against reward hacking of an imperfect reward model
     reward_model_weight: float = 1.0  # self-motivated reward = w_rm * reward model + w_task * correctness
     correctness_weight: float = 1.0  # the grader beside the reward model, so a hacked reward model score
