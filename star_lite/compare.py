@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import distributed
-from .config import Config, ConfigError
+from .config import Config, ConfigError, from_dict, tune_points
 from .loop import log
 from .rundir import RunDir, append_jsonl, read_jsonl, write_atomic, write_jsonl
 from .stats import distinguishable, paired_difference, wilson
@@ -330,7 +330,6 @@ def choose_point(runs: list[Path]) -> tuple[int, list[float | None]]:
 def tune_method(cfg: Config, scfg: Config, seed: int, method: str, points: list[dict[str, Any]]) -> None:
     """Run every grid point of ``method`` (each its own run directory ``<method>@<i>``, at the same budget),
     choose one on validation, link ``<method>`` to it and record the grid in ``tuning.jsonl``."""
-    from .config import from_dict
     from .methods import run_method
 
     base = scfg.to_dict()
@@ -423,8 +422,6 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
         check_trl_options(cfg)  # now, not after the methods before them have run
     out = Path(cfg.compare.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from .config import tune_points
-
     for seed in cfg.compare.seeds:
         scfg = seed_config(cfg, seed)
         for method in cfg.compare.methods:

@@ -477,14 +477,13 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         rundir.add_metrics(row)
         if distributed.is_main():
             cache.unlink(missing_ok=True)
-        if budget.cut:
-            stop = ("budget", budget.cut)
         log(f"iteration {it}: accuracy {result['accuracy']:.3f} (iteration 0: {finished[0]['accuracy']:.3f})"
             + (f", validation {result['validation_accuracy']:.3f}" if validation else "")
             + f", {steps} steps, {row['seconds']:.0f}s "
             f"(sampling {timings['seconds_sampling']:.0f}s, rationalization {timings['seconds_rationalization']:.0f}s, "
             f"training {timings['seconds_training']:.0f}s, eval {timings['seconds_eval']:.0f}s)")
-        if budget.cut:
+        if budget.cut:  # the iteration that spent the budget is the last
+            stop = ("budget", budget.cut)
             break
     rundir.record_stop(*stop)
     return rundir.metrics()

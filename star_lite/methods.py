@@ -108,6 +108,16 @@ def _seconds_left(rundir: RunDir, cfg: Config) -> float:
     return max(1.0, cfg.run.budget_seconds - sum(r.get("seconds", 0.0) for r in rundir.metrics()))
 
 
+def stopped_for_budget(rundir: RunDir, cfg: Config, where: str) -> bool:
+    """Whether the finished stages spent the budget, so the next stage (``where``) does not start; if so,
+    logged and recorded as the run's stop reason."""
+    spent = budget_spent(rundir.metrics(), cfg)
+    if spent:
+        log(f"{rundir.root.name}: budget reached ({spent}) {where}")
+        rundir.record_stop("budget", f"{spent}, {where}")
+    return spent is not None
+
+
 def rl_summary(trained) -> dict[str, Any]:
     """From ``train_rl``'s ``TrainResult`` (one history row per step): steps, the mean reward of the
     first and last steps and of the first and last quarter of them, the mean share of zero-variance
@@ -251,10 +261,7 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
         del model
         release_memory()
 
-    spent = budget_spent(rundir.metrics(), cfg)
-    if spent:
-        log(f"self-motivated: budget reached ({spent}) after SFT; no RL phase")
-        rundir.record_stop("budget", f"{spent}, after SFT")
+    if stopped_for_budget(rundir, cfg, "after SFT, before the reward model and RL"):
         return rundir.metrics()
 
     # --- reward model on right-over-wrong pairs of the same question -------------------------
@@ -346,10 +353,7 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
         base = detach_adapter(model)
         del model
         release_memory()
-    spent = budget_spent(rundir.metrics(), cfg)
-    if spent:
-        log(f"grpo: budget reached ({spent}) before RL")
-        rundir.record_stop("budget", f"{spent}, before RL")
+    if stopped_for_budget(rundir, cfg, "before RL"):
         return rundir.metrics()
 
     # --- GRPO, rewarded by the grader ----------------------------------------------------------

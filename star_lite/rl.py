@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from . import distributed
-from .config import Config
+from .config import Config, ConfigError
 from .models import (bnb_config, lora_config, process_device, quantized_placement, resolve_device, resolve_dtype,
                      resolve_model_path)
 from .progress import bars_enabled, quiet_libraries
@@ -419,7 +419,7 @@ def merge_groups(parts: list[tuple[dict[str, Any], list[int]]], pad_id: int) -> 
 _GRPO_OWN_KEYS = {"max_steps": "rl.steps", "per_device_train_batch_size": "rl.batch_size",
                   "num_generations": "rl.num_generations", "learning_rate": "rl.learning_rate", "beta": "rl.beta",
                   "temperature": "rl.generation_temperature", "max_completion_length": "rl.max_completion_length",
-                  "report_to": "train.report_to", "seed": "run.seed", "logging_steps": "(every step, always)",
+                  "report_to": "train.report_to", "seed": "run.seed", "logging_steps": None,
                   "output_dir": "run.output_dir", "loss_type": "rl.loss_type", "scale_rewards": "rl.scale_rewards",
                   "epsilon": "rl.epsilon", "epsilon_high": "rl.epsilon_high"}
 
@@ -431,8 +431,6 @@ def check_trl_options(cfg: Config) -> None:
 
     from trl import GRPOConfig
 
-    from .config import ConfigError
-
     fields = sorted(f.name for f in dataclasses.fields(GRPOConfig))
     if cfg.rl.trl_options.get("mask_truncated_completions"):
         raise ConfigError("rl.trl_options.mask_truncated_completions: rollouts end at the task's stop strings, "
@@ -440,8 +438,9 @@ def check_trl_options(cfg: Config) -> None:
                           "every rollout; leave it out")
     for key in cfg.rl.trl_options:
         if key in _GRPO_OWN_KEYS:
-            raise ConfigError(f"rl.trl_options.{key}: star_lite sets GRPOConfig's {key} from "
-                              f"{_GRPO_OWN_KEYS[key]}; set that key instead")
+            own = _GRPO_OWN_KEYS[key]
+            raise ConfigError(f"rl.trl_options.{key}: star_lite sets GRPOConfig's {key} "
+                              + (f"from {own}; set that key instead" if own else "itself (every RL step is logged)"))
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             raise ConfigError(f"rl.trl_options.{key}: TRL's GRPOConfig has no such option."
@@ -478,8 +477,6 @@ def rl_max_steps(cfg: Config) -> int:
         return max(1, math.ceil(cfg.run.budget_tokens / cfg.rl.batch_size))
     if cfg.run.budget_seconds:
         return 1_000_000  # the clock stops it
-    from .config import ConfigError
-
     raise ConfigError("rl.steps: 0 means 'until run.budget_tokens or run.budget_seconds is spent', and neither is "
                       "set; give RL a step count (rl.steps) or the run a budget")
 
@@ -519,12 +516,12 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     steps_file = out_dir / "rl_steps.jsonl"
     if distributed.is_main():
         steps_file.unlink(missing_ok=True)  # an interrupted attempt's steps
-    trainer_box: list = []
+    trainer = None  # the callbacks below read it; they are added once it is built
 
     def spent_tokens() -> int:
         tokens = counter.get("tokens", 0) if counter else 0
-        if cfg.run.budget_axis == "all" and trainer_box:
-            tokens += int(trainer_box[0].state.num_input_tokens_seen or 0)
+        if cfg.run.budget_axis == "all" and trainer is not None:
+            tokens += int(trainer.state.num_input_tokens_seen or 0)
         return tokens
 
     def budget_reached() -> bool:
@@ -550,7 +547,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "reward" not in logs:
                 return
-            groups = trainer_box[0].step_groups if trainer_box else {}
+            groups = trainer.step_groups
             trained = groups.get("drawn", 0) - groups.get("dropped", 0)
             row = {"step": state.global_step, "reward": logs.get("reward"), "reward_std": logs.get("reward_std"),
                    "zero_variance_share": groups["zero_variance"] / trained if trained else logs.get("frac_reward_zero_std"),
@@ -568,18 +565,18 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
                             "or set rl.dynamic_sampling=false")
     recorder = RecordSteps()
     trainer = _stopping_grpo_trainer()(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=data,
-                                       processing_class=tokenizer, callbacks=[StopAtBudget(), recorder],
-                                       stop_strings=task.stop_strings, dynamic_sampling=cfg.rl.dynamic_sampling,
+                                       processing_class=tokenizer, stop_strings=task.stop_strings,
+                                       dynamic_sampling=cfg.rl.dynamic_sampling,
                                        max_rounds=cfg.rl.dynamic_sampling_max_rounds, budget_reached=budget_reached,
                                        sampling_seed=cfg.run.seed)
-    trainer_box.append(trainer)
+    trainer.add_callback(StopAtBudget())
+    trainer.add_callback(recorder)
     match_adapter_dtype(trainer.model, cfg)
     trainer.train()
     model, result = _save_policy(trainer, out_dir, out_dir / "rl_trainer", key="reward")
     result.stop_reason = "budget" if budget_reached() else "steps"
     result.history = recorder.rows  # one row per step, with star_lite's diagnostics beside TRL's logs
     del trainer
-    trainer_box.clear()
     release_memory()
     return model, result
 
