@@ -70,11 +70,13 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool], z: float = Z95) -> d
     l1, u1 = wilson(both + only_a, n, z)
     l2, u2 = wilson(both + only_b, n, z)
     diff = p1 - p2
-    # correlation term (phi) of the 2x2 table; 0 when a margin is empty
+    # correlation term (phi) of the 2x2 table, with Newcombe's continuity correction of its
+    # numerator (0 when the cross-product difference is within n/2, or a margin is empty)
     marg = (both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a)
+    cross = both * neither - only_a * only_b
     phi = 0.0
-    if marg > 0:
-        phi = (both * neither - only_a * only_b) / math.sqrt(marg)
+    if marg > 0 and (cross < 0 or cross > n / 2):
+        phi = (cross - n / 2 if cross > 0 else cross) / math.sqrt(marg)
     dl = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     du = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     return {"difference": diff, "ci_low": max(-1.0, diff - dl), "ci_high": min(1.0, diff + du),

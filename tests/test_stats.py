@@ -33,6 +33,25 @@ def test_paired_difference_on_a_table_worked_by_hand():
     assert not distinguishable(d["ci_low"], d["ci_high"])
 
 
+def table(both: int, only_a: int, only_b: int, neither: int) -> tuple[list[bool], list[bool]]:
+    a = [True] * both + [True] * only_a + [False] * only_b + [False] * neither
+    b = [True] * both + [False] * only_a + [True] * only_b + [False] * neither
+    return a, b
+
+
+def test_paired_interval_matches_published_examples():
+    # Fagerland, Lydersen & Laake, Statistical Analysis of Contingency Tables (2017), ch. 8, the
+    # Cavo et al. (2012) table [[59, 6], [16, 80]]: Newcombe's square-and-add interval for the paired
+    # difference is -0.0621 (95% CI -0.1186 to -0.0046), as their R package contingencytables tests.
+    # This table has a positive cross-product difference above n/2, so it checks the continuity
+    # correction of phi; without the pairing term, or with either bound from the other side, it fails.
+    d = paired_difference(*table(59, 6, 16, 80))
+    assert [round(d[k], 4) for k in ("difference", "ci_low", "ci_high")] == [-0.0621, -0.1186, -0.0046]
+    # swapping the two methods mirrors the interval
+    e = paired_difference(*reversed(table(59, 6, 16, 80)))
+    assert [round(e[k], 4) for k in ("difference", "ci_low", "ci_high")] == [0.0621, 0.0046, 0.1186]
+
+
 def test_a_large_consistent_gap_is_distinguishable():
     a = [True] * 150 + [False] * 50
     b = [True] * 100 + [False] * 100
