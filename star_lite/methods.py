@@ -34,6 +34,7 @@ from .models import detach_adapter, fresh_adapter, load_adapter, load_base_model
 from .rundir import RunDir, read_jsonl, write_jsonl
 from .sampling import generator
 from .stats import wilson
+from .tasks import Problem, Task
 from .training import num_steps, release_memory, train_adapter, training_steps
 
 STAGES = {"sft-direct": 1, "self-motivated": 2, "grpo": 1}  # iterations (stages) of the non-loop methods
@@ -504,6 +505,17 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
     return rundir.metrics()
 
 
+def verifier_pairs(task: Task, train: list[Problem], rundir: RunDir, generations: list[int],
+                   max_pairs_per_problem: int) -> list[dict[str, Any]]:
+    """V-STaR's verifier data: right-over-wrong pairs from the unhinted samples of every generator
+    iteration together (a right rationale of iteration 1 pairs with a wrong one of iteration 2)."""
+    from .rl import preference_pairs
+
+    samples = [s for j in generations for s in read_jsonl(rundir.iter_dir(j) / "samples.jsonl")
+               if s["phase"] == "rationale"]
+    return preference_pairs(task, train, samples, max_pairs_per_problem)
+
+
 def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     """V-STaR (Hosseini et al. 2024): STaR's generator (v_star.samples_per_problem samples per problem at
     v_star.temperature, no rationalization; ``method_config``), then one more stage: a verifier trained
@@ -531,9 +543,7 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     tokenizer, base = load_tokenizer(cfg.model.name_or_path), load_base_model(cfg.model)
 
     # --- the verifier: DPO on every iteration's right-over-wrong pairs --------------------------
-    samples = [s for j in generations for s in read_jsonl(rundir.iter_dir(j) / "samples.jsonl")
-               if s["phase"] == "rationale"]
-    pairs = preference_pairs(task, train, samples, cfg.v_star.max_pairs_per_problem)
+    pairs = verifier_pairs(task, train, rundir, generations, cfg.v_star.max_pairs_per_problem)
     write_jsonl(it_dir / "pairs.jsonl", pairs)
     if not pairs:  # the generator's last row stands; nothing to train a verifier on
         log("v-star: no question got both a right and a wrong sample in any iteration, so no verifier; sample "
