@@ -155,3 +155,61 @@ def test_bench_random_weights_of_a_named_architecture(tiny_model_dir, tmp_path, 
     assert result["model"] == "tiny-llama" and result["4bit"] and result["differing_sequences"] == 0
     with pytest.raises(ValueError, match="unknown architecture 'GPT-5'"):
         bench(cfg, repeats=1, num_prompts=2, sft_steps=1, random_weights="GPT-5")
+
+
+@pytest.mark.parametrize("prefix_attention", ["shared", "copied"])
+def test_rows_whose_tails_differ_in_length_decode_as_each_prompt_alone(tiny_model_dir, prefix_attention):
+    # one batch holding every prompt: questions of 1 to 4 digits give tails of different lengths after the
+    # shared few-shot prefix, so the padded rows' masks and positions decide the tokens
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():  # sharper attention than at initialisation, so what a row attends to moves its tokens
+        for name, p in model.named_parameters():
+            if "self_attn" in name:
+                p.mul_(4.0)
+    task = load_task("arithmetic", min_digits=1, max_digits=4, rationale="plain")
+    prompts = [task.prompt(p, num_few_shot=2) for p in task.load("test", 8, 0)]
+    ids = tok(prompts)["input_ids"]
+    prefix = shared_prefix(ids)
+    assert len({len(r) - len(prefix) for r in ids}) >= 3, "the tails must differ in length"
+    alone = _plain_generate(model, tok, prompts, 8, ("\n\n",))
+    together = generate(model, tok, prompts, batch_size=len(prompts), max_new_tokens=8, stop_strings=("\n\n",),
+                        prefix_attention=prefix_attention)
+    assert [g.token_ids for g in together] == [row for _, row in alone]
+
+
+def _tv(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * float((p - q).abs().sum())
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.5, 0, 1.0), (1.0, 4, 1.0), (1.0, 0, 0.6)])
+def test_sampled_tokens_follow_temperature_top_k_and_top_p(tiny_model_dir, temperature, top_k, top_p):
+    """The first sampled token of many copies of one prompt, against the distribution worked out here from
+    the model's logits: softmax(logits / T), cut to the k most likely, then to the smallest set reaching p."""
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():  # a peaked next-token distribution: a handful of tokens carry the mass
+        model.get_output_embeddings().weight.mul_(40.0)
+    model.generation_config.top_k = top_k or None
+    task = load_task("arithmetic", min_digits=1, max_digits=1, rationale="plain")
+    prompt = task.prompt(task.load("test", 1, 0)[0], num_few_shot=2)
+    with torch.no_grad():
+        logits = model(**tok([prompt], return_tensors="pt")).logits[0, -1].double()
+    probs = torch.softmax(logits / temperature, -1)
+    if top_k:
+        probs[probs < probs.topk(top_k).values[-1]] = 0
+    if top_p < 1.0:
+        probs = probs / probs.sum()
+        ranked, order = probs.sort(descending=True)
+        probs[order[ranked.cumsum(0) - ranked >= top_p]] = 0  # the more likely tokens already reach p
+    want = probs / probs.sum()
+    plain = torch.softmax(logits, -1)
+    assert _tv(want, plain) > 0.2, "the setting must change the distribution for the test to show anything"
+    torch.manual_seed(0)
+    n = 1200
+    got = generate(model, tok, [prompt] * n, batch_size=400, max_new_tokens=1, temperature=temperature,
+                   top_p=top_p, stop_strings=("\n\n",))
+    counts = torch.bincount(torch.tensor([g.token_ids[0] for g in got]), minlength=len(want)).double()
+    assert counts[want == 0].sum() == 0, "a token outside top-k / top-p was drawn"
+    # 1,200 draws: the total-variation distance of the empirical distribution is about 0.03 or less here
+    assert _tv(counts / n, want) < 0.08, (_tv(counts / n, want), _tv(counts / n, plain))
