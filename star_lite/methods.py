@@ -526,9 +526,12 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
 
     from .rl import load_verifier, preference_pairs, preference_steps, train_dpo, verifier_scores
 
+    done = RunDir(cfg.run.output_dir).metrics()
+    if any(r.get("stage") == "verifier" for r in done):
+        # the verifier is the last stage, whenever the generator stopped (its budget, validation): finished
+        log(f"{cfg.run.output_dir}: v-star is finished (the verifier is trained)")
+        return done
     rows = run_star(cfg)
-    if any(r.get("stage") == "verifier" for r in rows):
-        return rows
     generations = [r["iteration"] for r in rows if r.get("stage") == "star"]
     if not generations:
         log("v-star: the generator trained no adapter; no verifier")

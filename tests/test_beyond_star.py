@@ -150,3 +150,18 @@ def test_bad_values_of_the_new_sections_name_their_field(override, field):
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         from_dict({}, [override])
+
+
+def test_a_finished_v_star_run_continues_as_finished_whenever_its_generator_stopped(beyond_compare):
+    # the generator may stop before star.iterations (budget, validation) and the verifier takes the next
+    # iteration; continuing the run (a re-run comparison) must not mistake that stage for a generator's.
+    # Here: the finished run continued with one generator iteration more than it ran (2 + verifier)
+    from star_lite.compare import seed_config
+    from star_lite.methods import run_method
+
+    out, cfg = beyond_compare
+    run = out / "seed_0" / "v-star"
+    before = read_jsonl(run / "metrics.jsonl")
+    scfg = seed_config(cfg, 0)
+    scfg.star.iterations = 3
+    assert run_method(scfg, "v-star") == before == read_jsonl(run / "metrics.jsonl")
