@@ -117,6 +117,12 @@ def test_self_motivated_logs_reward_model_and_rl(finished_compare):
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a), "RL did not change the adapter"
     grpo = read_jsonl(out / "seed_0" / "grpo" / "metrics.jsonl")
     assert [r["stage"] for r in grpo] == ["few-shot", "sft", "rl"]  # rl.grpo_init: sft, the default
+    for method in ("self-motivated", "grpo"):  # RL starts from the SFT adapter: the saved change is RL's update
+        a, b = (load_file(out / "seed_0" / method / f"iter_{it:03d}" / "adapter" / "adapter_model.safetensors")
+                for it in (1, 2))
+        moved = sum(float((b[k].float() - a[k].float()).pow(2).sum()) for k in a) ** 0.5
+        row = read_jsonl(out / "seed_0" / method / "metrics.jsonl")[-1]
+        assert moved == pytest.approx(row["rl_update_norm"], rel=1e-3), method
     assert grpo[-1]["rl_reward_first"] is not None and grpo[-1]["rl_init"] == "sft"
     from star_lite.report import write_report
     assert "rl_steps.png" in write_report(out / "seed_0" / "grpo").read_text()

@@ -48,6 +48,21 @@ def test_grpo_with_rl_steps_0_runs_until_the_budget_is_spent(tiny_model_dir, tmp
     assert json.loads((tmp_path / "grpo" / "stop.json").read_text())["stop_reason"] == "budget"
 
 
+def test_grpo_whose_sft_start_spent_the_budget_records_it_and_runs_no_rl(tiny_model_dir, tmp_path):
+    from star_lite.methods import run_method
+
+    # the SFT start samples every training problem (16 x up to 8 tokens): more than 10 tokens
+    data = tiny_config_dict(tiny_model_dir, tmp_path / "unused", rl={**RL, "steps": 0, "grpo_init": "sft"},
+                            run={"budget_tokens": 10})
+    data["task"]["name"] = "toy_tasks:AlwaysRight"  # every sample right: an SFT start by construction
+    data["compare"] = {"methods": ["grpo"], "output_dir": str(tmp_path), "seeds": [0]}
+    rows = run_method(from_dict(data), "grpo")
+    assert [r["stage"] for r in rows] == ["few-shot", "sft"] and rows[-1]["generated_tokens"] >= 10
+    stop = json.loads((tmp_path / "grpo" / "stop.json").read_text())
+    assert stop["stop_reason"] == "budget" and "before RL" in stop["detail"]
+    assert not (tmp_path / "grpo" / "iter_002").exists()
+
+
 def test_rl_steps_0_without_a_budget_is_refused_naming_the_field():
     from star_lite.rl import rl_max_steps
 

@@ -2,7 +2,8 @@
 
 HashGradedArithmetic grades a completion by a hash of its text: deterministic, and right
 for about one completion in two whatever the model, so the loop sees a mix of right,
-rationalized and failed problems. It tests the loop's bookkeeping, not arithmetic.
+rationalized and failed problems. It tests the loop's bookkeeping, not arithmetic. NeverRight and
+AlwaysRight make a method see no right answer, or only right ones.
 """
 
 import hashlib
@@ -18,3 +19,8 @@ class HashGradedArithmetic(ArithmeticTask):
 class NeverRight(ArithmeticTask):
     def is_correct(self, completion, problem):
         return False
+
+
+class AlwaysRight(ArithmeticTask):
+    def is_correct(self, completion, problem):
+        return True
