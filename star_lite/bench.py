@@ -142,8 +142,12 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     from .models import load_adapter, load_base_model, load_tokenizer, resolve_device
     from .training import train_adapter
 
+    from .threads import apply_threads, choose_threads, registered
+
     cfg = copy.deepcopy(cfg)
     device = resolve_device(cfg.model.device)
+    with registered():
+        threads = (apply_threads(cfg.run.threads), choose_threads(cfg.run.threads)[1])
     tmp = tempfile.TemporaryDirectory(prefix="star_lite_bench_")
     if random_weights:
         cfg.model.name_or_path = str(random_weights_checkpoint(random_weights, cfg.model.name_or_path, Path(tmp.name)))
@@ -212,7 +216,7 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         "prompts": len(prompts), "batch_size": bs, "repeats": repeats,
         "median": {k: statistics.median(v) for k, v in figures.items()},
         "spread": {k: (min(v), max(v)) for k, v in figures.items()},
-        "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
+        "threads": threads[0], "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
         "sft_speedup": statistics.median(f / p for f, p in zip(figures["sft_tps"], figures["sft_trl_tps"])),
         "sft_padding_share": padding, "differing_sequences": differing, "peak_memory_mb_sampling": sampling_peak,
         "peak_memory_mb": max(sampling_peak, peak_memory_mb(device)),
@@ -220,6 +224,7 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     decode = [max(0.0, f - p) for f, p in zip(figures["fast_s"], figures["prefill_s"])]
     print(f"star-lite bench: {result['model']} on {device} ({'4-bit NF4' if result['4bit'] else 'full precision'}), "
           f"{len(prompts)} few-shot prompts, batch {bs}, {repeats} repeats: median (min-max)")
+    print(f"{'torch threads (run.threads)':<42}{threads[0]:10d} ({threads[1]})")
     print(f"{'sampling useful tokens/s, star_lite ' + cfg.sampling.backend:<42}{_summary(figures['fast_tps'])}")
     print(f"{'sampling useful tokens/s, plain generate':<42}{_summary(figures['plain_tps'])}")
     print(f"{'speed-up (same-run ratio, median)':<42}{result['speedup']:10.2f}x")

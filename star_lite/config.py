@@ -240,6 +240,9 @@ class RunConfig:
     budget_tokens: int = 0
     budget_seconds: float = 0.0  # likewise for wall seconds; the cut iteration's training and eval still run
     budget_axis: str = "generated"  # what budget_tokens counts: generated tokens, or all = generated + trained on
+    # torch threads on a CPU: 0 = auto (OMP_NUM_THREADS when set, else the usable cores shared among the
+    # star_lite processes running on this machine, so seeds run side by side do not oversubscribe them)
+    threads: int = 0
 
 
 @dataclass
@@ -283,6 +286,7 @@ RESUMABLE_KEYS = {
     "run.output_dir",
     "run.budget_tokens",
     "run.budget_seconds",
+    "run.threads",  # how fast, not what is computed
     # which methods and seeds a comparison lists, and its reference, do not change what one
     # method's run means: a seed or method added later (or one seed run per process) resumes
     "compare.methods",
@@ -305,6 +309,7 @@ _RANGES = {  # field -> (minimum, maximum or None)
     "star.max_kept_per_problem": (0, None),
     "run.budget_tokens": (0, None),
     "run.budget_seconds": (0.0, None),
+    "run.threads": (0, None),
     "train.start_steps": (1, None),
     "train.step_growth": (1.0, None),
     "train.epochs": (0.0, None),

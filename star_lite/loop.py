@@ -45,6 +45,7 @@ from .rundir import RunDir, append_jsonl, fault_point, read_jsonl, write_jsonl
 from .sampling import generator
 from .tasks import Problem, Task, load_task
 from .tasks.datafiles import DataError
+from .threads import apply_threads, registered
 from .training import release_memory, train_adapter, training_steps
 
 
@@ -318,6 +319,7 @@ def clear_unfinished(it_dir: Path) -> None:
 def start_run(cfg: Config):
     """Open the run directory, build the task, load the model, and make sure iteration 0 (the
     few-shot base model) is recorded. Returns None when every iteration is already finished."""
+    apply_threads(cfg.run.threads, log)
     rundir = RunDir(cfg.run.output_dir)
     changed = rundir.prepare(cfg)
     if changed:
@@ -355,7 +357,7 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     """Run (or continue) STaR as configured; return the metrics rows, one per iteration.
 
     A second process on the same run.output_dir is refused (RunDirBusy) instead of mixing rows."""
-    with RunDir(cfg.run.output_dir).locked():
+    with RunDir(cfg.run.output_dir).locked(), registered():
         return _run(cfg)
 
 
@@ -370,6 +372,7 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
     model = base if last == 0 else load_adapter(base, rundir.iter_dir(last) / "adapter")
     stop = ("iterations", f"star.iterations = {cfg.star.iterations} finished")
     for it in range(last + 1, cfg.star.iterations + 1):
+        apply_threads(cfg.run.threads, log)  # processes beside this one may have started or finished
         spent = budget_spent(rundir.metrics(), cfg)
         if spent:
             log(f"budget reached ({spent}); stopping before iteration {it}")

@@ -35,6 +35,7 @@ from .rundir import RunDir, read_jsonl, write_jsonl
 from .sampling import generator
 from .stats import wilson
 from .tasks import Problem, Task
+from .threads import apply_threads, registered
 from .training import num_steps, release_memory, train_adapter, training_steps
 
 STAGES = {"sft-direct": 1, "self-motivated": 2, "grpo": 1}  # iterations (stages) of the non-loop methods
@@ -93,7 +94,8 @@ def run_method(cfg: Config, method: str, run_name: str | None = None) -> list[di
         mcfg.run.output_dir = f"{cfg.compare.output_dir}/{run_name}"
     runner = {"sft-direct": run_sft_direct, "self-motivated": run_self_motivated, "grpo": run_grpo,
               "dpo": run_dpo, "v-star": run_v_star}.get(method)
-    with RunDir(mcfg.run.output_dir).locked() as rundir:  # one process per method directory
+    with RunDir(mcfg.run.output_dir).locked() as rundir, registered():  # one process per method directory
+        apply_threads(mcfg.run.threads, log)
         # a run saved with other values in sections this method never reads continues (runs saved
         # before method_config reset those sections hold the comparison's values there)
         changed = rundir.prepare(mcfg, unread_sections(mcfg, method))
