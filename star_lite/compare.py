@@ -95,7 +95,7 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
                             "rl_steps", "rl_reward_first_quarter", "rl_reward_last_quarter", "rl_zero_variance_share",
                             "rl_groups_dropped", "rl_kl_last", "rl_update_norm", "rl_completion_length", "dpo_steps",
                             "verifier_steps", "verifier_pair_accuracy", "verifier_pairs", "verifier_pair_ci_low",
-                            "verifier_pair_ci_high", "false_positive_share", "rl_false_positive_share"):
+                            "verifier_pair_ci_high", "false_positive_share", "rl_false_positive_share", "sft_accuracy"):
                     if r.get(key) is not None:
                         row[key] = round(r[key], 4) if isinstance(r[key], float) else r[key]
                 row["spent_tokens"] = int(generated + trained * (cfg.run.budget_axis == "all"))

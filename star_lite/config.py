@@ -194,6 +194,8 @@ class IterativeDPOConfig:
     batch_size: int = 8  # pairs per step
     beta: float = 0.1  # DPO's KL strength (TRL's default)
     nll_weight: float = 0.0  # > 0: add NLL on the chosen rationale with this weight (Iterative RPO, 2404.19733: 1.0)
+    evaluate_sft: bool = True  # also evaluate the SFT adapter DPO starts from (sft_accuracy, sft_eval.jsonl), so the
+    #   row shows what DPO itself changed; evaluation is outside the budget
 
 
 @dataclass

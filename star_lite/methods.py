@@ -451,6 +451,10 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
         sft_model, sft = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
                                                          for k in kept], cfg, steps, it_dir / "sft",
                                        seed=cfg.run.seed + it)
+        sft_eval: dict[str, Any] = {}
+        if cfg.dpo.evaluate_sft:  # DPO's starting point, on the same problems: what DPO itself changes
+            sft_eval = {"sft_accuracy": evaluate_into(it_dir / "sft_eval.jsonl", sft_model, tokenizer, task, test, cfg,
+                                                      few_shot=cfg.sampling.few_shot_after_training)["accuracy"]}
         # --- the pairs: sampled from the SFT adapter DPO starts from (dpo.pairs_from: policy) -------------
         policy_samples: list[dict[str, Any]] = []
         if cfg.dpo.pairs_from == "policy" and not budget.cut:
@@ -496,7 +500,7 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
                     dpo_rejected_logp_last=_last_logged(dpo.history, "logps/rejected"),
                     pairs_from=cfg.dpo.pairs_from, trained_tokens=sft.trained_tokens + dpo.trained_tokens,
                     generated_tokens=sum(s["tokens"] for s in samples + policy_samples),
-                    budget_exhausted=budget.cut is not None)
+                    budget_exhausted=budget.cut is not None, **sft_eval)
         if distributed.is_main():
             cache.unlink(missing_ok=True)
         if budget.cut:

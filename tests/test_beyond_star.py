@@ -56,6 +56,18 @@ def test_each_method_writes_its_stages_and_the_comparison_shows_them(beyond_comp
         assert r["dpo_steps"] == min(cfg.dpo.steps, -(-int(cfg.dpo.epochs * len(pairs)) // cfg.dpo.batch_size))
 
 
+def test_dpo_rows_hold_the_accuracy_of_the_sft_adapter_dpo_started_from(beyond_compare):
+    out, cfg = beyond_compare
+    run = out / "seed_0" / "dpo"
+    for r in read_jsonl(run / "metrics.jsonl")[1:]:
+        sft = read_jsonl(run / f"iter_{r['iteration']:03d}" / "sft_eval.jsonl")
+        dpo = read_jsonl(run / f"iter_{r['iteration']:03d}" / "eval.jsonl")
+        assert [x["id"] for x in sft] == [x["id"] for x in dpo] and len(sft) == cfg.task.num_test  # paired
+        assert r["sft_accuracy"] == sum(x["correct"] for x in sft) / len(sft)
+    rows = list(csv.DictReader(open(out / "comparison.csv")))
+    assert all(row["sft_accuracy"] for row in rows if row["method"] == "dpo" and row["iteration"] != "0")
+
+
 def test_v_star_reports_best_of_k_majority_and_greedy_on_the_same_candidates(beyond_compare):
     out, cfg = beyond_compare
     run = out / "seed_0" / "v-star"
