@@ -54,7 +54,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     lengths = packed_segments(kwargs.get("position_ids"))
-    if lengths is None or query.shape[2] != key.shape[2] or kwargs.get("past_key_values") is not None:
+    if lengths is None or query.shape[2] != key.shape[2] or any(kwargs.get(k) is not None for k in ("past_key_values", "cache")):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)

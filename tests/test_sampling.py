@@ -213,3 +213,33 @@ def test_sampled_tokens_follow_temperature_top_k_and_top_p(tiny_model_dir, tempe
     assert counts[want == 0].sum() == 0, "a token outside top-k / top-p was drawn"
     # 1,200 draws: the total-variation distance of the empirical distribution is about 0.03 or less here
     assert _tv(counts / n, want) < 0.08, (_tv(counts / n, want), _tv(counts / n, plain))
+
+
+def test_sampling_passes_the_cache_by_its_current_name(tiny_model_dir, tmp_path):
+    """No deprecation from star_lite's own calls: the KV cache goes by the name this transformers takes."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path))
+    adapted = fresh_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), cfg.model)
+    task = load_task("arithmetic", min_digits=1, max_digits=2, rationale="plain")
+    prompts = [task.prompt(p, num_few_shot=2) for p in task.load("test", 4, 0)]
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    hf_logging.get_logger().addHandler(handler)
+    hf_logging.warning_once.cache_clear()  # said once per process: say it again here if it is due
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for m in (model, adapted.eval()):
+                for how in ("shared", "copied"):
+                    generate(m, tok, prompts, batch_size=4, max_new_tokens=3, prefix_attention=how)
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+    said = records + [str(w.message) for w in caught]
+    assert not [m for m in said if "past_key_values" in m or "deprecated" in m.lower()], said

@@ -8,6 +8,7 @@ so a batch runs only as long as its longest *answer*, not to the token limit.
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 from typing import Callable, Sequence
 
@@ -50,10 +51,29 @@ def shared_prefix(rows: list[list[int]], min_len: int = 16) -> list[int]:
     return first[:n] if n >= min_len else []
 
 
+def cache_argument(model) -> str:
+    """The keyword a model takes its KV cache by, in this transformers: ``cache`` (5.2x), or ``past_key_values``
+    where ``cache`` is not yet a parameter (deprecated since, removed in 5.40).
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> cache_argument(LlamaForCausalLM(LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+    ...     num_attention_heads=2, vocab_size=16)))
+    'cache'
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's is **kwargs
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
+
+
 def _prefill(model, prefix: list[int], device):
     """Keys and values of the shared prefix, computed once (batch of one)."""
     out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)  # logits unused
-    return out.past_key_values
+    return returned_cache(out)
 
 
 def _batch_inputs(rows: list[list[int]], prefix_len: int, pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -127,7 +147,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
                     if prefix_cache is not None:
                         cache = copy.deepcopy(prefix_cache)
                         cache.batch_repeat_interleave(len(idx))
-                        enc["past_key_values"] = cache
+                        enc[cache_argument(model)] = cache
                     out = model.generate(**enc, **gen_kwargs)
                     new = out[:, enc["input_ids"].shape[1]:]
             except torch.OutOfMemoryError:

@@ -137,10 +137,13 @@ def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
     live = torch.arange(rows, device=device)  # each live row's index in the batch
     seen = input_ids  # what the stop-string check reads (it looks back only as far as a stop string reaches)
     next_position = prefix_len + own_mask.sum(1)
+    from .hf import cache_argument
+
     cache = DynamicCache()
+    cache_kw = {cache_argument(model): cache}
     eos = torch.tensor(sorted(eos_ids), device=device)
     with _shared_prefix_attention(model, prefix_cache, own_mask):
-        logits = model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
+        logits = model(input_ids=input_ids, position_ids=positions, **cache_kw, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         for step in range(max_new_tokens):
             if warpers is None:
@@ -160,7 +163,7 @@ def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
                                                               next_position[keep])
             own_mask = torch.cat([own_mask, own_mask.new_ones(len(live), 1)], dim=1)
             _state["own_mask"] = own_mask
-            logits = model(input_ids=token[:, None], position_ids=next_position[:, None], past_key_values=cache,
+            logits = model(input_ids=token[:, None], position_ids=next_position[:, None], **cache_kw,
                            use_cache=True, logits_to_keep=1).logits[:, -1]
             next_position = next_position + 1
     return out
