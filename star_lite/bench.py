@@ -184,6 +184,27 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         _, sec = _timed(lambda: generate(model, tokenizer, prompts, batch_size=bs, max_new_tokens=1,
                                          stop_strings=task.stop_strings, desc="prefill"))
         figures["prefill_s"].append(sec)
+    # the loop's other generation paths, each against plain generate on the same prompts: rationalization
+    # (hinted few-shot prompts of the same problems) and evaluation (what evaluate prompts after training)
+    eval_shots = cfg.task.num_few_shot if cfg.sampling.few_shot_after_training else 0
+    paths = {"rationalization": sorted((task.prompt(p, hint=True, num_few_shot=cfg.task.num_few_shot) for _, p in pairs),
+                                       key=len),
+             "evaluation": sorted((task.prompt(p, num_few_shot=eval_shots) for _, p in pairs), key=len)}
+    for name, path_prompts in paths.items():
+        figures[f"{name}_ratio"], figures[f"{name}_differing"] = [], []
+        for r in range(repeats):
+            timed = {}
+            for which in ("fast", "plain") if r % 2 == 0 else ("plain", "fast"):
+                if which == "fast":
+                    gens, sec = _timed(lambda: generate(model, tokenizer, path_prompts, batch_size=bs, max_new_tokens=mnt,
+                                                        stop_strings=task.stop_strings, desc=name))
+                    timed["fast"] = (sum(g.num_tokens for g in gens) / sec, [g.text for g in gens])
+                else:
+                    (texts, tokens), sec = _timed(lambda: plain_generate(model, tokenizer, path_prompts, bs, mnt,
+                                                                         task.stop_strings))
+                    timed["plain"] = (tokens / sec, texts)
+            figures[f"{name}_ratio"].append(timed["fast"][0] / timed["plain"][0])
+            figures[f"{name}_differing"].append(sum(a != b for a, b in zip(timed["fast"][1], timed["plain"][1])))
     sampling_peak = peak_memory_mb(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -216,7 +237,9 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         "prompts": len(prompts), "batch_size": bs, "repeats": repeats,
         "median": {k: statistics.median(v) for k, v in figures.items()},
         "spread": {k: (min(v), max(v)) for k, v in figures.items()},
-        "threads": threads[0], "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
+        "threads": threads[0], **{f"{name}_speedup": statistics.median(figures[f"{name}_ratio"]) for name in paths},
+        **{f"{name}_differing": max(figures[f"{name}_differing"]) for name in paths},
+        "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
         "sft_speedup": statistics.median(f / p for f, p in zip(figures["sft_tps"], figures["sft_trl_tps"])),
         "sft_padding_share": padding, "differing_sequences": differing, "peak_memory_mb_sampling": sampling_peak,
         "peak_memory_mb": max(sampling_peak, peak_memory_mb(device)),
@@ -228,6 +251,10 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     print(f"{'sampling useful tokens/s, star_lite ' + cfg.sampling.backend:<42}{_summary(figures['fast_tps'])}")
     print(f"{'sampling useful tokens/s, plain generate':<42}{_summary(figures['plain_tps'])}")
     print(f"{'speed-up (same-run ratio, median)':<42}{result['speedup']:10.2f}x")
+    for name in paths:
+        ratios = figures[f"{name}_ratio"]
+        print(f"{name + ' speed-up vs plain generate':<42}{statistics.median(ratios):10.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f}), greedy outputs differing: {max(figures[name + '_differing'])}")
     print(f"{'star_lite prefill seconds (1 new token)':<42}{_summary(figures['prefill_s'])}")
     print(f"{'star_lite decode seconds (total - prefill)':<42}{_summary(decode)}")
     print(f"{'SFT training tokens/s, star_lite':<42}{_summary(figures['sft_tps'])}")

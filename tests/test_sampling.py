@@ -133,9 +133,12 @@ def test_bench_smoke_prints_side_by_side_figures(tiny_model_dir, tmp_path, capsy
     for line in ("useful tokens/s, star_lite hf", "useful tokens/s, plain generate", "speed-up",
                  "SFT training tokens/s, star_lite", "SFT training tokens/s, TRL defaults",
                  "SFT speed-up vs TRL defaults (same-run ratio)",
-                 "padding in padded SFT batches", "peak memory MB, sample + train + evaluate"):
+                 "padding in padded SFT batches", "peak memory MB, sample + train + evaluate",
+                 "rationalization speed-up vs plain generate", "evaluation speed-up vs plain generate",
+                 "torch threads (run.threads)"):
         assert line in out
-    assert result["differing_sequences"] == 0
+    assert result["differing_sequences"] == result["rationalization_differing"] == result["evaluation_differing"] == 0
+    assert result["rationalization_speedup"] > 0 and result["evaluation_speedup"] > 0
     assert all(result["median"][k] > 0 for k in ("fast_tps", "plain_tps", "sft_tps", "sft_trl_tps"))
     # peaks in MB: at least the weights the process holds, at most the machine's memory (a KiB/MB slip fails)
     weights_mb = sum(p.numel() * p.element_size() for p in
