@@ -165,6 +165,50 @@ def diagnostic_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# the last stage of these methods builds on an earlier model; what it adds is measured against that one
+_STARTS = {"rl": "its SFT stage", "dpo": "the SFT adapter DPO started from", "verifier": "the generator's greedy answers"}
+
+
+def stage_gain_lines(cfg: Config, rows: list[dict[str, Any]]) -> list[str]:
+    """What each RL, DPO or verifier stage added over the model it started from, paired on the same test
+    problems per seed and pooled over seeds: the difference, its 95% interval and McNemar p."""
+    out = Path(cfg.compare.output_dir)
+    pairs: dict[str, tuple[list[bool], list[bool]]] = {}
+    per_seed = []
+    for (method, seed), r in final_rows(rows).items():
+        it = r["iteration"]
+        run = out / f"seed_{seed}" / method
+        start = (run / f"iter_{it:03d}" / "sft_eval.jsonl" if r["stage"] == "dpo" else
+                 run / f"iter_{it - 1:03d}" / "eval.jsonl" if r["stage"] in ("rl", "verifier") and it > 1 else None)
+        if start is None or not start.exists():
+            continue
+        mine = _eval_records(out, seed, method, it)
+        theirs = {x["id"]: bool(x["correct"]) for x in read_jsonl(start)}
+        ids = sorted(mine.keys() & theirs.keys())
+        a, b = [mine[i] for i in ids], [theirs[i] for i in ids]
+        per_seed.append((method, str(seed), r["stage"], paired_difference(a, b)))
+        pooled = pairs.setdefault(method, ([], []))
+        pooled[0].extend(a)
+        pooled[1].extend(b)
+    if not per_seed:
+        return []
+    lines = ["## What the last stage added", "",
+             "Each RL, DPO or verifier stage against the model it started from (" + "; ".join(
+                 f"{k}: {v}" for k, v in _STARTS.items()) + "), paired on the same test problems: 95% interval "
+             "(Newcombe) and exact McNemar p. An interval covering 0: the stage's own effect is not distinguishable "
+             "at this size.", "",
+             "| method | seed | stage | difference | 95% CI | pairs | McNemar p | |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    seeds = {m: [s for mm, s, _, _ in per_seed if mm == m] for m, *_ in per_seed}
+    per_seed += [(m, "pooled", next(st for mm, _, st, _ in per_seed if mm == m), paired_difference(*pairs[m]))
+                 for m in pairs if len(seeds[m]) > 1]
+    for method, seed, stage, d in sorted(per_seed, key=lambda x: (x[0], x[1] == "pooled", x[1])):
+        mark = "" if distinguishable(d["ci_low"], d["ci_high"]) else "not distinguishable"
+        lines.append(f"| {method} | {seed} | {stage} | {d['difference']:+.3f} | [{d['ci_low']:+.3f}, "
+                     f"{d['ci_high']:+.3f}] | {d['n']} | {d['p_value']:.3g} | {mark} |")
+    return lines + [""]
+
+
 def final_rows(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     """The last stage each method reached, per seed: what the method delivers."""
     last: dict[tuple[str, int], dict[str, Any]] = {}
@@ -247,7 +291,7 @@ def summary_markdown(cfg: Config, summary: dict[str, Any], rows: list[dict[str, 
         lines.append(f"| {method} | {e['stage']} | {per_seed} | {spread} | {e['pooled']:.3f} "
                      f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}] | {e['cost_tokens']:,.0f} | "
                      f"{e['generated_tokens']:,} / {budget} | {e['seconds']:,.0f} |")
-    lines += [""] + budget_lines(cfg, rows) + diagnostic_lines(rows) + tuning_lines(cfg)
+    lines += [""] + budget_lines(cfg, rows) + diagnostic_lines(rows) + stage_gain_lines(cfg, rows) + tuning_lines(cfg)
     lines += [f"## Paired differences against {ref}", "",
               f"Each method's last stage minus {ref}'s, problem by problem on the same test problems "
               f"(paired), pooled over seeds: 95% interval (Newcombe) and exact McNemar p-value. "

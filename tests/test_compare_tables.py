@@ -64,3 +64,30 @@ def test_plotted_intervals_pool_every_seeds_answers(hand_written):
     assert point["accuracy"] == pytest.approx(0.5)
     assert (point["ci_low"], point["ci_high"]) == (pytest.approx(centre - half), pytest.approx(centre + half))
     assert point["ci_high"] - point["ci_low"] == pytest.approx(0.158, abs=1e-3)  # one seed's n (50) gives 0.27
+
+
+def test_what_the_last_stage_added_is_paired_against_the_model_it_started_from(tmp_path):
+    from star_lite.compare import stage_gain_lines
+
+    def stage(method, seed, it, name, right, file="eval.jsonl"):
+        run = tmp_path / f"seed_{seed}" / method
+        (run / f"iter_{it:03d}").mkdir(parents=True, exist_ok=True)
+        if file == "eval.jsonl":
+            append_jsonl(run / "metrics.jsonl", [{"iteration": it, "stage": name, "accuracy": right / N, "num_eval": N}])
+        append_jsonl(run / f"iter_{it:03d}" / file, [{"id": f"p{i}", "correct": i < right} for i in range(N)])
+
+    for seed in (0, 1):
+        stage("grpo", seed, 1, "sft", 20)
+        stage("grpo", seed, 2, "rl", 30)          # RL right on 10 more than its SFT start, per seed
+        stage("dpo", seed, 1, "dpo", 15)
+        stage("dpo", seed, 1, "dpo", 25, file="sft_eval.jsonl")  # DPO lost 10 of its SFT start's
+        stage("star", seed, 1, "star", 25)       # no earlier model to compare with: no line
+    cfg = from_dict({"compare": {"methods": ["star", "grpo", "dpo"], "seeds": [0, 1], "reference": "star",
+                                 "output_dir": str(tmp_path)}})
+    lines = stage_gain_lines(cfg, comparison_rows(cfg))
+    table = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines if line.startswith("| ")
+             and not line.startswith("| method") and not line.startswith("| ---")}
+    assert set(table) == {("grpo", "0"), ("grpo", "1"), ("grpo", "pooled"), ("dpo", "0"), ("dpo", "1"), ("dpo", "pooled")}
+    assert "| +0.200 |" in table[("grpo", "0")] and "| 50 |" in table[("grpo", "0")]
+    assert "| +0.200 |" in table[("grpo", "pooled")] and "| 100 |" in table[("grpo", "pooled")]
+    assert "| -0.200 |" in table[("dpo", "pooled")] and table[("dpo", "pooled")].rstrip().endswith("|  |")
