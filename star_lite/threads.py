@@ -3,8 +3,8 @@
 Two processes that each use every core slow each other far more than twice: their threads wait
 for one another at every parallel region. So each star_lite process registers itself in a
 directory of this machine while it runs (a file named by its pid), and ``auto`` gives it the
-usable cores divided among the live ones. A process re-reads the count at every stage, so when
-a seed running beside it finishes, the others take its cores at their next stage.
+usable cores divided among the live ones. A process re-reads the count when a method starts and
+at each STaR iteration, so when a seed running beside it finishes, the others take its cores then.
 ``OMP_NUM_THREADS``, when set, is the user's choice and wins over ``auto``.
 
 >>> auto_threads(cores=2, processes=1), auto_threads(cores=2, processes=3), auto_threads(cores=16, processes=3)
