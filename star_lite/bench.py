@@ -142,12 +142,12 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     from .models import load_adapter, load_base_model, load_tokenizer, resolve_device
     from .training import train_adapter
 
-    from .threads import apply_threads, choose_threads, registered
+    from .threads import apply_threads, registered
 
     cfg = copy.deepcopy(cfg)
     device = resolve_device(cfg.model.device)
     with registered():
-        threads = (apply_threads(cfg.run.threads), choose_threads(cfg.run.threads)[1])
+        threads = apply_threads(cfg.run.threads)
     tmp = tempfile.TemporaryDirectory(prefix="star_lite_bench_")
     if random_weights:
         cfg.model.name_or_path = str(random_weights_checkpoint(random_weights, cfg.model.name_or_path, Path(tmp.name)))
@@ -164,23 +164,31 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     generate = generator(cfg)  # star_lite's sampler for sampling.backend (hf or vllm)
     figures: dict[str, list[float]] = {k: [] for k in ("fast_tps", "plain_tps", "fast_s", "plain_s", "prefill_s",
                                                        "sft_tps", "sft_trl_tps")}
+
+    def side_by_side(path_prompts: list[str], r: int, desc: str) -> dict[str, tuple[float, float, list[str]]]:
+        """star_lite's sampler and plain generate on the same prompts, in an order alternating with ``r``
+        to share the machine's drift: {"fast"|"plain": (useful tokens/s, seconds, texts)}."""
+        timed = {}
+        for which in ("fast", "plain") if r % 2 == 0 else ("plain", "fast"):
+            if which == "fast":
+                gens, sec = _timed(lambda: generate(model, tokenizer, path_prompts, batch_size=bs, max_new_tokens=mnt,
+                                                    stop_strings=task.stop_strings, desc=desc))
+                timed["fast"] = (sum(g.num_tokens for g in gens) / sec, sec, [g.text for g in gens])
+            else:
+                (texts, tokens), sec = _timed(lambda: plain_generate(model, tokenizer, path_prompts, bs, mnt,
+                                                                     task.stop_strings))
+                timed["plain"] = (tokens / sec, sec, texts)
+        return timed
+
     differing = 0
     fast_texts: list[str] = []
     for r in range(repeats):
-        order = ("fast", "plain") if r % 2 == 0 else ("plain", "fast")  # alternate to share the machine's drift
-        for which in order:
-            if which == "fast":
-                gens, sec = _timed(lambda: generate(model, tokenizer, prompts, batch_size=bs, max_new_tokens=mnt,
-                                                    stop_strings=task.stop_strings, desc="bench"))
-                fast_texts = [g.text for g in gens]
-                figures["fast_tps"].append(sum(g.num_tokens for g in gens) / sec)
-                figures["fast_s"].append(sec)
-            else:
-                (plain_texts, tokens), sec = _timed(lambda: plain_generate(model, tokenizer, prompts, bs, mnt,
-                                                                           task.stop_strings))
-                figures["plain_tps"].append(tokens / sec)
-                figures["plain_s"].append(sec)
-        differing = sum(a != b for a, b in zip(fast_texts, plain_texts))
+        timed = side_by_side(prompts, r, "bench")
+        for which in ("fast", "plain"):
+            figures[f"{which}_tps"].append(timed[which][0])
+            figures[f"{which}_s"].append(timed[which][1])
+        fast_texts = timed["fast"][2]
+        differing = sum(a != b for a, b in zip(fast_texts, timed["plain"][2]))
         _, sec = _timed(lambda: generate(model, tokenizer, prompts, batch_size=bs, max_new_tokens=1,
                                          stop_strings=task.stop_strings, desc="prefill"))
         figures["prefill_s"].append(sec)
@@ -193,18 +201,9 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     for name, path_prompts in paths.items():
         figures[f"{name}_ratio"], figures[f"{name}_differing"] = [], []
         for r in range(repeats):
-            timed = {}
-            for which in ("fast", "plain") if r % 2 == 0 else ("plain", "fast"):
-                if which == "fast":
-                    gens, sec = _timed(lambda: generate(model, tokenizer, path_prompts, batch_size=bs, max_new_tokens=mnt,
-                                                        stop_strings=task.stop_strings, desc=name))
-                    timed["fast"] = (sum(g.num_tokens for g in gens) / sec, [g.text for g in gens])
-                else:
-                    (texts, tokens), sec = _timed(lambda: plain_generate(model, tokenizer, path_prompts, bs, mnt,
-                                                                         task.stop_strings))
-                    timed["plain"] = (tokens / sec, texts)
+            timed = side_by_side(path_prompts, r, name)
             figures[f"{name}_ratio"].append(timed["fast"][0] / timed["plain"][0])
-            figures[f"{name}_differing"].append(sum(a != b for a, b in zip(timed["fast"][1], timed["plain"][1])))
+            figures[f"{name}_differing"].append(sum(a != b for a, b in zip(timed["fast"][2], timed["plain"][2])))
     sampling_peak = peak_memory_mb(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

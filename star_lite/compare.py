@@ -61,9 +61,12 @@ def seed_config(cfg: Config, seed: int) -> Config:
     return c
 
 
-def _eval_records(out: Path, seed: int, method: str, iteration: int) -> dict[str, bool]:
-    path = out / f"seed_{seed}" / method / f"iter_{iteration:03d}" / "eval.jsonl"
+def _correct_by_id(path: Path) -> dict[str, bool]:
     return {r["id"]: bool(r["correct"]) for r in read_jsonl(path)}
+
+
+def _eval_records(out: Path, seed: int, method: str, iteration: int) -> dict[str, bool]:
+    return _correct_by_id(out / f"seed_{seed}" / method / f"iter_{iteration:03d}" / "eval.jsonl")
 
 
 def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
@@ -173,8 +176,8 @@ def stage_gain_lines(cfg: Config, rows: list[dict[str, Any]]) -> list[str]:
     """What each RL, DPO or verifier stage added over the model it started from, paired on the same test
     problems per seed and pooled over seeds: the difference, its 95% interval and McNemar p."""
     out = Path(cfg.compare.output_dir)
-    pairs: dict[str, tuple[list[bool], list[bool]]] = {}
-    per_seed = []
+    table = []  # (method, seed or "pooled", stage, paired difference)
+    pooled: dict[str, tuple[str, list[bool], list[bool], int]] = {}  # method -> stage, answers, seeds
     for (method, seed), r in final_rows(rows).items():
         it = r["iteration"]
         run = out / f"seed_{seed}" / method
@@ -182,16 +185,15 @@ def stage_gain_lines(cfg: Config, rows: list[dict[str, Any]]) -> list[str]:
                  run / f"iter_{it - 1:03d}" / "eval.jsonl" if r["stage"] in ("rl", "verifier") and it > 1 else None)
         if start is None or not start.exists():
             continue
-        mine = _eval_records(out, seed, method, it)
-        theirs = {x["id"]: bool(x["correct"]) for x in read_jsonl(start)}
+        mine, theirs = _eval_records(out, seed, method, it), _correct_by_id(start)
         ids = sorted(mine.keys() & theirs.keys())
         a, b = [mine[i] for i in ids], [theirs[i] for i in ids]
-        per_seed.append((method, str(seed), r["stage"], paired_difference(a, b)))
-        pooled = pairs.setdefault(method, ([], []))
-        pooled[0].extend(a)
-        pooled[1].extend(b)
-    if not per_seed:
+        table.append((method, str(seed), r["stage"], paired_difference(a, b)))
+        _, all_a, all_b, seeds = pooled.get(method, (r["stage"], [], [], 0))
+        pooled[method] = (r["stage"], all_a + a, all_b + b, seeds + 1)
+    if not table:
         return []
+    table += [(m, "pooled", stage, paired_difference(a, b)) for m, (stage, a, b, seeds) in pooled.items() if seeds > 1]
     lines = ["## What the last stage added", "",
              "Each RL, DPO or verifier stage against the model it started from (" + "; ".join(
                  f"{k}: {v}" for k, v in _STARTS.items()) + "), paired on the same test problems: 95% interval "
@@ -199,10 +201,7 @@ def stage_gain_lines(cfg: Config, rows: list[dict[str, Any]]) -> list[str]:
              "at this size.", "",
              "| method | seed | stage | difference | 95% CI | pairs | McNemar p | |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
-    seeds = {m: [s for mm, s, _, _ in per_seed if mm == m] for m, *_ in per_seed}
-    per_seed += [(m, "pooled", next(st for mm, _, st, _ in per_seed if mm == m), paired_difference(*pairs[m]))
-                 for m in pairs if len(seeds[m]) > 1]
-    for method, seed, stage, d in sorted(per_seed, key=lambda x: (x[0], x[1] == "pooled", x[1])):
+    for method, seed, stage, d in sorted(table, key=lambda x: (x[0], x[1] == "pooled", x[1])):
         mark = "" if distinguishable(d["ci_low"], d["ci_high"]) else "not distinguishable"
         lines.append(f"| {method} | {seed} | {stage} | {d['difference']:+.3f} | [{d['ci_low']:+.3f}, "
                      f"{d['ci_high']:+.3f}] | {d['n']} | {d['p_value']:.3g} | {mark} |")

@@ -530,7 +530,7 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     the row reports verifier best-of-k (its accuracy and eval.jsonl), majority@k and greedy on them."""
     from peft import PeftModel
 
-    from .rl import load_verifier, preference_pairs, preference_steps, train_dpo, verifier_scores
+    from .rl import load_verifier, preference_steps, train_dpo, verifier_scores
 
     done = RunDir(cfg.run.output_dir).metrics()
     if any(r.get("stage") == "verifier" for r in done):

@@ -94,8 +94,8 @@ def choose_threads(setting: int, directory: Path | None = None) -> tuple[int, st
 _last: list[int] = []  # the count last logged
 
 
-def apply_threads(setting: int, log=None, directory: Path | None = None) -> int:
-    """Set torch's thread count for the CPU work that follows; logs it when it changes. Returns it."""
+def apply_threads(setting: int, log=None, directory: Path | None = None) -> tuple[int, str]:
+    """Set torch's thread count for the CPU work that follows; logs it when it changes. Returns it and why."""
     n, why = choose_threads(setting, directory)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
@@ -103,4 +103,4 @@ def apply_threads(setting: int, log=None, directory: Path | None = None) -> int:
         if _last != [n]:
             log(f"torch threads: {n} ({why})")
         _last[:] = [n]
-    return n
+    return n, why

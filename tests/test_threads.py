@@ -57,9 +57,9 @@ def test_auto_shares_the_cores_among_the_processes_running_here(tmp_path, monkey
 
 def test_apply_sets_torch_and_a_run_uses_it(tmp_path, monkeypatch, restore_threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert apply_threads(1, directory=tmp_path) == 1 == torch.get_num_threads()
+    assert apply_threads(1, directory=tmp_path) == (1, "run.threads") and torch.get_num_threads() == 1
     with registered(tmp_path):
-        assert apply_threads(0, directory=tmp_path) == usable_cores() == torch.get_num_threads()
+        assert apply_threads(0, directory=tmp_path)[0] == usable_cores() == torch.get_num_threads()
 
 
 def test_a_run_sets_its_threads_and_says_so(tiny_model_dir, tmp_path, monkeypatch, capsys, restore_threads):

@@ -126,6 +126,8 @@ def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
     ``pad_id`` after a row's stop."""
     from transformers import DynamicCache
 
+    from .hf import cache_argument
+
     warpers = _warpers(model, temperature, top_p) if temperature > 0 else None
     device = prefix_cache.layers[0].keys.device
     width = max(len(t) for t in tails)
@@ -137,8 +139,6 @@ def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
     live = torch.arange(rows, device=device)  # each live row's index in the batch
     seen = input_ids  # what the stop-string check reads (it looks back only as far as a stop string reaches)
     next_position = prefix_len + own_mask.sum(1)
-    from .hf import cache_argument
-
     cache = DynamicCache()
     cache_kw = {cache_argument(model): cache}
     eos = torch.tensor(sorted(eos_ids), device=device)
