@@ -1,4 +1,4 @@
-"""Command line: star-lite run | eval | compare | bench | report."""
+"""Command line: star-lite run | eval | compare | bench | report | paired."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 import traceback
 
-from .config import ConfigError, load_config
+from .config import METHODS, ConfigError, load_config
 from .distributed import is_main
 
 EPILOG = """examples:
@@ -42,10 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                              "zero-shot for an adapter")
     p_eval.add_argument("--out", help="write per-problem results to this jsonl file")
     p_compare = sub.add_parser("compare", help="run several methods on one task and budget; table and plots",
-                               description="Runs compare.methods (few-shot, sft-direct, star, "
-                                           "star-no-rationalization, rest-em, self-motivated, grpo) with the same "
-                                           "task, split, seed, prompt and grader; writes comparison.csv/.md and "
-                                           "PNG plots into compare.output_dir. Each method's run resumes.")
+                               description=f"Runs compare.methods (any of: {', '.join(METHODS)}) with the "
+                                           "same task, split, seed, prompt, grader and budget; writes "
+                                           "comparison.csv/.md and PNG plots into compare.output_dir. Each "
+                                           "method's run resumes.")
     add_common(p_compare)
     p_bench = sub.add_parser("bench", help="sampling and SFT throughput against plain model.generate",
                              description="Prints useful tokens/s of star_lite's sampler and of plain "
@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
                                           "(rationalized share), accuracy by difficulty, and example rationales.")
     p_report.add_argument("run_dir", help="a run directory (run.output_dir)")
     p_report.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p_paired = sub.add_parser("paired", help="paired difference of two per-problem result files",
+                              description="Accuracy of A minus accuracy of B on the same problems, its 95% "
+                                          "interval (Newcombe) and the exact McNemar p, as compare reports them. "
+                                          "A and B: star_lite eval.jsonl files, run directories (their last "
+                                          "stage), or lm-evaluation-harness --log_samples files (samples_*.jsonl).")
+    p_paired.add_argument("a", help="results A")
+    p_paired.add_argument("b", help="results B")
+    p_paired.add_argument("--metric", help="lm-eval samples: the metric that says correct (default: the "
+                                           "sample's first metric)")
+    p_paired.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
 
@@ -104,6 +114,18 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_paired(args) -> int:
+    from .compare import verdict
+    from .paired import compare_files
+
+    d = compare_files(args.a, args.b, args.metric)
+    print(f"A {d['accuracy_a']:.3f}  B {d['accuracy_b']:.3f}  on {d['n']} problems (A only right on "
+          f"{d['only_a']}, B only right on {d['only_b']})")
+    print(f"A - B {d['difference']:+.3f}, 95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], exact McNemar "
+          f"p={d['p_value']:.2g}: {verdict(d, 'A', 'B')}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from .loop import run
 
@@ -138,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": _cmd_run, "eval": _cmd_eval, "compare": _cmd_compare, "bench": _cmd_bench,
-                "report": _cmd_report}[args.command](args)
+                "report": _cmd_report, "paired": _cmd_paired}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to continue", file=sys.stderr)
         return 130

@@ -1,0 +1,80 @@
+"""``star-lite paired A B``: the paired difference of two per-problem result files.
+
+Each side is one of
+- star_lite's ``eval.jsonl`` (rows with ``id`` and ``correct``),
+- a run directory (its last stage's ``iter_NNN/eval.jsonl``),
+- lm-evaluation-harness's ``--log_samples`` output (``samples_*.jsonl``: rows with ``doc_id``,
+  ``doc`` and one value per metric), keyed by the doc's ``id`` when it has one, else ``doc_id``.
+The problems are matched by id; both sides must hold the same problems.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .rundir import read_jsonl
+from .stats import paired_difference
+
+
+def _last_eval_file(run_dir: Path) -> Path:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    if not rows:
+        raise FileNotFoundError(f"{run_dir} is a directory without metrics.jsonl: give a run directory or a "
+                                "per-problem results file (eval.jsonl, lm-eval samples_*.jsonl)")
+    last = max(r["iteration"] for r in rows)
+    path = run_dir / f"iter_{last:03d}" / "eval.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: its last stage (iteration {last}) has no {path.name}")
+    return path
+
+
+def _lm_eval_correct(row: dict[str, Any], metric: str | None, where: str) -> bool:
+    names = [metric] if metric else list(row.get("metrics") or []) or [
+        k for k in ("exact_match", "acc") if k in row]
+    for name in names:
+        if name in row:
+            return float(row[name]) > 0.5
+    raise ValueError(f"{where}: no metric {metric or 'exact_match/acc'} in this lm-eval sample "
+                     f"(fields: {', '.join(sorted(row))}); name one with --metric")
+
+
+def read_results(path: str | Path, metric: str | None = None) -> dict[str, bool]:
+    """Problem id -> correct, from any of the formats in the module docstring."""
+    path = Path(path)
+    if path.is_dir():
+        path = _last_eval_file(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    results: dict[str, bool] = {}
+    for i, row in enumerate(read_jsonl(path), start=1):
+        where = f"{path} row {i}"
+        if "doc_id" in row:  # lm-eval
+            doc = row.get("doc") or {}
+            key = str(doc["id"]) if isinstance(doc, dict) and "id" in doc else str(row["doc_id"])
+            correct = _lm_eval_correct(row, metric, where)
+        elif "id" in row and "correct" in row:
+            key, correct = str(row["id"]), bool(row["correct"])
+        else:
+            raise ValueError(f"{where}: neither a star_lite result (id, correct) nor an lm-eval sample "
+                             f"(doc_id); fields: {', '.join(sorted(row))}")
+        if key in results:
+            raise ValueError(f"{where}: problem {key!r} appears twice")
+        results[key] = correct
+    if not results:
+        raise ValueError(f"{path}: no results")
+    return results
+
+
+def compare_files(a: str | Path, b: str | Path, metric: str | None = None) -> dict[str, Any]:
+    """Accuracy of each side and the paired difference a - b over the same problems."""
+    ra, rb = read_results(a, metric), read_results(b, metric)
+    only_a, only_b = sorted(ra.keys() - rb.keys()), sorted(rb.keys() - ra.keys())
+    if only_a or only_b:
+        def few(ids: list[str]) -> str:
+            return ", ".join(ids[:3]) + (" …" if len(ids) > 3 else "")
+        raise ValueError(f"the two files hold different problems: {len(only_a)} only in {a} ({few(only_a)}), "
+                         f"{len(only_b)} only in {b} ({few(only_b)}); a paired difference needs the same ones")
+    ids = sorted(ra)
+    d = paired_difference([ra[i] for i in ids], [rb[i] for i in ids])
+    return {**d, "accuracy_a": sum(ra.values()) / len(ra), "accuracy_b": sum(rb.values()) / len(rb)}
