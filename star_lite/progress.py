@@ -43,7 +43,13 @@ def bars_enabled() -> bool:
 
 def quiet_libraries() -> None:
     """Turn off transformers' and datasets' own bars when star_lite's are off (a log file gets
-    hundreds of lines of them otherwise); turn them back on when bars are on."""
+    hundreds of lines of them otherwise); turn them back on when bars are on. Also silences two
+    library messages a user cannot act on: transformers' deprecation of ``is_gradient_checkpointing``
+    (read by peft and TRL, not by star_lite) and bitsandbytes' note that the optional ``kernels``
+    package (a Hub download) is missing for its CPU 4-bit kernel."""
+    import logging as std_logging
+    import warnings
+
     import datasets
     from transformers.utils import logging
 
@@ -52,6 +58,18 @@ def quiet_libraries() -> None:
         logging.enable_progress_bar()
     else:
         logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    std_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(std_logging.ERROR)
+
+
+def quiet_trainer(trainer):
+    """Without bars a transformers Trainer prints every log dict to stdout (its PrinterCallback);
+    the metrics go to the run directory and to ``report_to``, so a log file keeps star_lite's lines."""
+    from transformers.trainer_callback import PrinterCallback
+
+    if not bars_enabled():
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def progress(total: int, desc: str, unit: str = "it"):

@@ -26,7 +26,7 @@ from . import distributed
 from .config import Config, ConfigError
 from .models import (bnb_config, lora_config, process_device, quantized_placement, resolve_device, resolve_dtype,
                      resolve_model_path)
-from .progress import bars_enabled, quiet_libraries
+from .progress import bars_enabled, quiet_libraries, quiet_trainer
 from .rundir import append_jsonl
 from .stats import wilson
 from .tasks import Problem, Task
@@ -159,8 +159,8 @@ def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_
                         center_rewards_coefficient=cfg.rl.center_rewards_coefficient or None,
                         **{**_trainer_device_args(cfg), "logging_steps": 1})
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    trainer = RewardTrainer(model=reward_model_start(cfg, tokenizer, init_adapter), args=args, train_dataset=data,
-                            processing_class=tokenizer)
+    trainer = quiet_trainer(RewardTrainer(model=reward_model_start(cfg, tokenizer, init_adapter), args=args,
+                                          train_dataset=data, processing_class=tokenizer))
     match_adapter_dtype(trainer.model, cfg)
     trainer.train()
     model = trainer.model
@@ -569,6 +569,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
                                        dynamic_sampling=cfg.rl.dynamic_sampling,
                                        max_rounds=cfg.rl.dynamic_sampling_max_rounds, budget_reached=budget_reached,
                                        sampling_seed=cfg.run.seed)
+    quiet_trainer(trainer)
     trainer.add_callback(StopAtBudget())
     trainer.add_callback(recorder)
     match_adapter_dtype(trainer.model, cfg)
@@ -642,7 +643,7 @@ def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_d
                      include_num_input_tokens_seen="non_padding",  # the comparison's cost counts them
                      **losses, **{**_trainer_device_args(cfg), "logging_steps": 1})  # every step in the history
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    trainer = DPOTrainer(model=policy, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer = quiet_trainer(DPOTrainer(model=policy, args=args, train_dataset=data, processing_class=tokenizer))
     model = trainer.model
     if reference is not None:
         if "ref" not in model.peft_config:  # TRL 1.16 adds "ref" for any PeftModel; kept for versions that do not

@@ -21,7 +21,7 @@ import torch
 from . import distributed, fastpaths
 from .config import Config
 from .models import fresh_adapter, mark_adapter, native_bfloat16, resolve_device, resolve_dtype
-from .progress import bars_enabled, quiet_libraries
+from .progress import bars_enabled, quiet_libraries, quiet_trainer
 from .rundir import fault_point
 
 
@@ -215,8 +215,8 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         dataset_num_proc=None,
     )
     trainer_class = _trainer_class(lm_head_kind(cfg.train.lm_head, device))
-    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                            processing_class=tokenizer, callbacks=_callbacks())
+    trainer = quiet_trainer(trainer_class(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                                          processing_class=tokenizer, callbacks=_callbacks()))
     if cfg.train.padding_free:
         trainer.train_dataset = truncate(trainer.train_dataset, cfg.train.max_length)
     with contextlib.ExitStack() as fast:  # each undone after training (fastpaths)

@@ -73,3 +73,10 @@ def test_output_to_a_file_gets_no_progress_bars_from_any_library(tiny_model_dir,
     for bar in ("Loading weights", "rationale", "evaluating", "it/s]"):
         assert bar not in logs[""], bar
     assert "Loading weights" in logs["1"] and "%|" in logs["1"]
+    # star_lite's own lines only: its messages and the CLI's table; no trainer dict per logging step,
+    # no library warning (each of these was in a quickstart log before)
+    table = ("iteration ", "run directory: ")
+    foreign = [line for line in logs[""].splitlines() if line.strip() and not line.startswith("[star_lite] ")
+               and not line.startswith(table) and not line.split()[0].isdigit()]
+    assert not foreign, foreign
+    assert "'loss'" in logs["1"]  # with bars the trainer's log dicts come back with them
