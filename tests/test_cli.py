@@ -80,3 +80,21 @@ def test_output_to_a_file_gets_no_progress_bars_from_any_library(tiny_model_dir,
                and not line.startswith(table) and not line.split()[0].isdigit()]
     assert not foreign, foreign
     assert "'loss'" in logs["1"]  # with bars the trainer's log dicts come back with them
+
+
+def test_the_embedded_model_s_conversion_logs_no_bar_to_a_file(tmp_path):
+    """The one-time GGUF conversion, logged to a file: star_lite's line, no GGUF reader bar, no
+    "Writing model shards" bar (both were in a fresh clone's log)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("STAR_LITE_PROGRESS", "CI")}
+    env["STAR_LITE_CACHE"] = str(tmp_path / "cache")
+    with open(tmp_path / "log.txt", "w") as log:
+        out = subprocess.run([sys.executable, "-c", "from star_lite.models import embedded_model_path; "
+                              "print(embedded_model_path('smollm2-135m-instruct'))"], env=env, stdout=log, stderr=log)
+    text = (tmp_path / "log.txt").read_text()
+    assert out.returncode == 0, text
+    assert "[star_lite] converting the embedded model" in text
+    assert (tmp_path / "cache" / "models" / "smollm2-135m-instruct" / "config.json").is_file()
+    for bar in ("GGUF tensors", "Writing model shards", "%|"):
+        assert bar not in text, text
