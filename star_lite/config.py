@@ -92,12 +92,12 @@ class TrainConfig:
     max_length: int = 512
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1.3x slower (TRL's default is on)
     # CPU: bfloat16 autocast where the CPU multiplies bfloat16 natively (AVX512-BF16, AMX); LoRA weights and
-    # optimizer state stay float32. GPU: as model.compute_dtype says. (README Speed, with accuracy)
+    # optimizer state stay float32. GPU: as model.compute_dtype says. (docs/speed.md, with accuracy)
     autocast: str = "auto"  # auto | bfloat16 | off
     # which LM head computes the loss: "completion" projects only the positions the loss scores (transformers'
     # logits_to_keep), "trl" is TRL's chunked fused head, which also logs entropy and token accuracy
     lm_head: str = "auto"  # auto: completion on CPU, trl on GPU (Triton kernels; never builds the full logits)
-    padding_free: bool = True  # one row per batch, no padding tokens (TRL padding_free); same loss (README Speed)
+    padding_free: bool = True  # one row per batch, no padding tokens (TRL padding_free); same loss (docs/speed.md)
     # how a padding-free row attends: "segments" runs attention example by example (cost: each example's
     # length squared), "mask" over the whole row with a block mask (the row's length squared); same result
     packed_attention: str = "auto"  # auto: segments with padding_free under SDPA/eager attention

@@ -10,7 +10,7 @@
                              draw (a CPU cost; same distribution)
 
 Each is on where it helps (``auto``) and is undone when training ends, so sampling and
-evaluation run the model exactly as loaded. README, Speed, has the measurements.
+evaluation run the model exactly as loaded. docs/speed.md has the measurements.
 """
 
 from __future__ import annotations

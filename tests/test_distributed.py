@@ -176,7 +176,7 @@ def test_two_processes_sample_like_one_train_together_and_resume_after_a_kill(ti
     assert 0.8 < ratio < 1.25, ratio
 
 
-def test_shipped_accelerate_configs_are_what_the_readme_says():
+def test_shipped_accelerate_configs_are_what_the_scale_out_doc_says():
     configs = WORKTREE / "configs" / "accelerate"
     ddp = yaml.safe_load((configs / "multi_gpu.yaml").read_text())
     fsdp = yaml.safe_load((configs / "fsdp_qlora.yaml").read_text())

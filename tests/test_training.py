@@ -178,7 +178,7 @@ def _cpu_computes_bfloat16() -> bool:
 
 
 def test_the_bfloat16_probe_and_the_auto_autocast_follow_this_cpu(tiny_model_dir, tmp_path):
-    """No monkeypatch: the suite runs natively and under ATEN_CPU_CAPABILITY=avx2 and =default (README),
+    """No monkeypatch: the suite runs natively and under ATEN_CPU_CAPABILITY=avx2 and =default (README, docs/tests.md),
     so this sees both answers of the probe and checks what ``train.autocast: auto`` then does."""
     from star_lite.models import native_bfloat16
     expected = _cpu_computes_bfloat16()

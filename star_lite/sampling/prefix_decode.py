@@ -3,7 +3,7 @@
 transformers' ``generate`` needs the prefix's keys and values copied into every row of the
 batch, then reads all of them at every step and, with its dynamic cache, copies them again
 (concatenation) for each new token; at few-shot prompt lengths (300 prefix tokens, a 20-token
-answer) that is a large share of a CPU decode step (README, Speed, has the measurements). Here the prefix's keys and
+answer) that is a large share of a CPU decode step (docs/speed.md has the measurements). Here the prefix's keys and
 values stay a batch of one; each row caches only its own tokens (question and answer), and
 attention combines the two under one softmax, so the result is the same attention:
 

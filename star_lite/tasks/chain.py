@@ -6,7 +6,7 @@
 
 The intermediate sum is written down in the rationale and nowhere else, so a model that
 reasons step by step has something a model that answers directly lacks: this is the task on
-which STaR and direct fine-tuning can differ. Sized for the embedded 135M model (README).
+which STaR and direct fine-tuning can differ. Sized for the embedded 135M model (docs/comparison.md).
 
 Problems that are reorderings of one another (12 + 7 + 5, 5 + 12 + 7) have the same answer,
 so the split goes by the multiset of terms: a reordering never crosses from train to test.
