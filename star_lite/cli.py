@@ -1,4 +1,4 @@
-"""Command line: star-lite run | eval | compare | bench | report | paired."""
+"""Command line: star-lite run | eval | compare | bench | report | paired | export-lm-eval."""
 
 from __future__ import annotations
 
@@ -73,6 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     p_paired.add_argument("--metric", help="lm-eval samples: the metric that says correct (default: the "
                                            "sample's first metric)")
     p_paired.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p_export = sub.add_parser("export-lm-eval", help="the held-out problems as an lm-evaluation-harness task",
+                              description="Writes an lm-eval task (YAML, a jsonl of the held-out problems with "
+                                          "star_lite's exact prompts, a grader module calling the task's "
+                                          "is_correct) and prints the lm_eval command that evaluates the same "
+                                          "model and adapter on them; `star-lite paired` then compares "
+                                          "lm-eval's --log_samples file with star_lite's eval.jsonl.")
+    p_export.add_argument("config", help="a config file, or a run directory (its config.yaml and last adapter)")
+    p_export.add_argument("out_dir", help="where the task files go (lm_eval --include_path)")
+    p_export.add_argument("--adapter", help="a saved adapter directory; default: a run directory's last stage's "
+                                            "adapter, the base model for a config file")
+    p_export.add_argument("--prompt", choices=["auto", "few-shot", "zero-shot"], default="auto",
+                          help="as for star-lite eval (auto: few-shot for the base model, zero-shot for an adapter)")
+    p_export.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                          help="override a config value (repeatable)")
+    p_export.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
 
@@ -126,6 +141,20 @@ def _cmd_paired(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .lm_eval_export import export_lm_eval, resolve_source
+
+    cfg, adapter = resolve_source(args.config, args.overrides, args.adapter)
+    few_shot = None if args.prompt == "auto" else args.prompt == "few-shot"
+    out = export_lm_eval(cfg, args.out_dir, adapter=adapter, few_shot=few_shot)
+    print(f"wrote lm-eval task {out['task']} ({out['num_problems']} problems, "
+          f"{'few-shot' if out['few_shot'] else 'zero-shot'} prompts, {adapter or 'base model'}) to {out['dir']}")
+    print(f"run it (pip install \"star-lite[lm-eval]\"):\n  {out['command']}")
+    print(f"then: star-lite paired {out['dir'] / 'results'}/*/samples_{out['task']}_*.jsonl EVAL_JSONL "
+          "(star-lite eval --out, or a run's iter_NNN/eval.jsonl)")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from .loop import run
 
@@ -160,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": _cmd_run, "eval": _cmd_eval, "compare": _cmd_compare, "bench": _cmd_bench,
-                "report": _cmd_report, "paired": _cmd_paired}[args.command](args)
+                "report": _cmd_report, "paired": _cmd_paired,
+                "export-lm-eval": _cmd_export}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to continue", file=sys.stderr)
         return 130
