@@ -223,6 +223,12 @@ def _task_section(name, tmp_path):
                                          "answer": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}"}) + "\n"
                              for i in range(8)))
         return {"name": "gsm8k", "options": {"data_files": {"train": str(f), "test": str(f)}}}
+    if name == "math":
+        f = tmp_path / "math.jsonl"
+        f.write_text("".join(json.dumps({"problem": f"What is ${i} + {i + 3}$?", "level": "Level 1", "type": "Algebra",
+                                         "solution": f"${i} + {i + 3} = \\boxed{{{2 * i + 3}}}$"}) + "\n"
+                             for i in range(8)))
+        return {"name": "math", "options": {"data_files": {"train": str(f), "test": str(f)}}}
     (tmp_path / "cqa_train.jsonl").write_text("".join(json.dumps(_csqa_row(i)) + "\n" for i in range(8)))
     (tmp_path / "cqa_validation.jsonl").write_text("".join(json.dumps(_csqa_row(50 + i)) + "\n" for i in range(4)))
     return {"name": "commonsense_qa", "options": {"source": str(tmp_path)}}
@@ -236,11 +242,12 @@ def _scripts(name, p):
                 f"{mark} attic (CORRECT). The answer is {mark}.",
                 f"Old things are stored up there. The answer is {mark}.")
     leak = {"arithmetic": f"(Hint: the answer is {p.answer}.) The answer is {p.answer}.",
-            "gsm8k": f"The question ends with ({p.answer}). The answer is {p.answer}."}[name]
+            "gsm8k": f"The question ends with ({p.answer}). The answer is {p.answer}.",
+            "math": f"(Hint: the answer is ${p.answer}$.) The answer is $\\boxed{{{p.answer}}}$."}[name]
     return f"The answer is {p.answer}.", leak, f"Adding them gives {p.answer}. The answer is {p.answer}."
 
 
-@pytest.mark.parametrize("task_name", ["arithmetic", "gsm8k", "commonsense_qa"])
+@pytest.mark.parametrize("task_name", ["arithmetic", "gsm8k", "commonsense_qa", "math"])
 def test_rationalization_that_leaks_the_hint_is_rejected_and_counted(task_name, tiny_model_dir, tmp_path,
                                                                      monkeypatch):
     data = tiny_config_dict(tiny_model_dir, tmp_path / "run", task={**_task_section(task_name, tmp_path),

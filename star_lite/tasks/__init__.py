@@ -10,12 +10,14 @@ from .base import Exemplar, Problem, Task
 from .chain import ChainAdditionTask
 from .commonsense_qa import CommonsenseQATask
 from .gsm8k import GSM8KTask
+from .hendrycks_math import MathTask
 
 TASKS: dict[str, type[Task]] = {
     "arithmetic": ArithmeticTask,
     "gsm8k": GSM8KTask,
     "commonsense_qa": CommonsenseQATask,
     "chain_addition": ChainAdditionTask,
+    "math": MathTask,
 }
 
 
@@ -45,4 +47,4 @@ def load_task(name: str, **options: Any) -> Task:
 
 
 __all__ = ["Task", "Problem", "Exemplar", "TASKS", "load_task",
-           "ArithmeticTask", "GSM8KTask", "CommonsenseQATask", "ChainAdditionTask"]
+           "ArithmeticTask", "GSM8KTask", "CommonsenseQATask", "ChainAdditionTask", "MathTask"]
