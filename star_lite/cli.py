@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                                           "stage), or lm-evaluation-harness --log_samples files (samples_*.jsonl).")
     p_paired.add_argument("a", help="results A")
     p_paired.add_argument("b", help="results B")
+    p_paired.add_argument("more", nargs="*", metavar="A2 B2",
+                          help="more pairs, pooled into one difference (e.g. other seeds: "
+                               "runs/c/seed_{0,1,2}/{grpo,few-shot} in bash)")
     p_paired.add_argument("--metric", help="lm-eval samples: the metric that says correct (default: the "
                                            "sample's first metric)")
     p_paired.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -133,8 +136,9 @@ def _cmd_paired(args) -> int:
     from .compare import verdict
     from .paired import compare_files
 
-    d = compare_files(args.a, args.b, args.metric)
-    print(f"A {d['accuracy_a']:.3f}  B {d['accuracy_b']:.3f}  on {d['n']} problems (A only right on "
+    d = compare_files(args.a, args.b, *args.more, metric=args.metric)
+    pooled = f", pooled over {d['num_pairs_of_files']} pairs of files" if d["num_pairs_of_files"] > 1 else ""
+    print(f"A {d['accuracy_a']:.3f}  B {d['accuracy_b']:.3f}  on {d['n']} problems{pooled} (A only right on "
           f"{d['only_a']}, B only right on {d['only_b']})")
     print(f"A - B {d['difference']:+.3f}, 95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], exact McNemar "
           f"p={d['p_value']:.2g}: {verdict(d, 'A', 'B')}")

@@ -66,8 +66,7 @@ def read_results(path: str | Path, metric: str | None = None) -> dict[str, bool]
     return results
 
 
-def compare_files(a: str | Path, b: str | Path, metric: str | None = None) -> dict[str, Any]:
-    """Accuracy of each side and the paired difference a - b over the same problems."""
+def _matched(a: str | Path, b: str | Path, metric: str | None) -> list[tuple[bool, bool]]:
     ra, rb = read_results(a, metric), read_results(b, metric)
     only_a, only_b = sorted(ra.keys() - rb.keys()), sorted(rb.keys() - ra.keys())
     if only_a or only_b:
@@ -75,6 +74,16 @@ def compare_files(a: str | Path, b: str | Path, metric: str | None = None) -> di
             return ", ".join(ids[:3]) + (" …" if len(ids) > 3 else "")
         raise ValueError(f"the two files hold different problems: {len(only_a)} only in {a} ({few(only_a)}), "
                          f"{len(only_b)} only in {b} ({few(only_b)}); a paired difference needs the same ones")
-    ids = sorted(ra)
-    d = paired_difference([ra[i] for i in ids], [rb[i] for i in ids])
-    return {**d, "accuracy_a": sum(ra.values()) / len(ra), "accuracy_b": sum(rb.values()) / len(rb)}
+    return [(ra[i], rb[i]) for i in sorted(ra)]
+
+
+def compare_files(a: str | Path, b: str | Path, *more: str | Path, metric: str | None = None) -> dict[str, Any]:
+    """Accuracy of each side and the paired difference a - b over the same problems. ``more`` adds
+    further (a, b) pairs, e.g. the same two methods on other seeds, pooled into one difference."""
+    paths = [a, b, *more]
+    if len(paths) % 2:
+        raise ValueError(f"paired takes pairs of results (A B, or A1 B1 A2 B2 ...); got {len(paths)} paths")
+    pairs = [x for i in range(0, len(paths), 2) for x in _matched(paths[i], paths[i + 1], metric)]
+    d = paired_difference([x for x, _ in pairs], [y for _, y in pairs])
+    return {**d, "accuracy_a": sum(x for x, _ in pairs) / len(pairs), "accuracy_b": sum(y for _, y in pairs) / len(pairs),
+            "num_pairs_of_files": len(paths) // 2}

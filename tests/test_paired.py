@@ -70,3 +70,19 @@ def test_paired_command_prints_the_difference_and_verdict(tmp_path, capsys):
     assert "A - B +0.500" in out and "A above B" in out
     assert main(["paired", str(a), str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_paired_pools_several_pairs_of_files(tmp_path, capsys):
+    """Two seeds of the same two methods: one difference over both seeds' pairs, the same problem
+    ids in each seed kept apart."""
+    a0 = write_jsonl(tmp_path / "s0" / "a.jsonl", star_rows(A))
+    b0 = write_jsonl(tmp_path / "s0" / "b.jsonl", star_rows(B))
+    a1 = write_jsonl(tmp_path / "s1" / "a.jsonl", star_rows(B))
+    b1 = write_jsonl(tmp_path / "s1" / "b.jsonl", star_rows([True] * 50))
+    d = compare_files(a0, b0, a1, b1)
+    assert d == {**paired_difference(A + B, B + [True] * 50), "accuracy_a": 0.75, "accuracy_b": 0.9,
+                 "num_pairs_of_files": 2}
+    with pytest.raises(ValueError, match="pairs of results .* got 3 paths"):
+        compare_files(a0, b0, a1)
+    assert main(["paired", str(a0), str(b0), str(a1), str(b1)]) == 0
+    assert "on 100 problems, pooled over 2 pairs of files" in capsys.readouterr().out
