@@ -39,15 +39,40 @@ def _lm_eval_correct(row: dict[str, Any], metric: str | None, where: str) -> boo
                      f"(fields: {', '.join(sorted(row))}); name one with --metric")
 
 
+def _from_candidates(rows: list[dict[str, Any]], metric: str | None, where: Path) -> dict[str, bool]:
+    """v-star's k candidates per problem: majority@k (default, as the v-star row counts it: the most
+    common answer, ties to the first) or the verifier's best-of-k (``metric="best_of"``)."""
+    from .evaluation import majority_answer
+
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(str(row["id"]), []).append(row)
+    if metric not in (None, "majority", "best_of"):
+        raise ValueError(f"{where}: a candidates file is read as --metric majority (default) or best_of, "
+                         f"not {metric}")
+    results = {}
+    for pid, cands in by_id.items():
+        if metric == "best_of":
+            results[pid] = bool(max(cands, key=lambda c: c["verifier_score"])["correct"])
+        else:
+            vote = majority_answer([c["answer"] for c in cands])
+            results[pid] = vote is not None and any(c["correct"] for c in cands if c["answer"] == vote)
+    return results
+
+
 def read_results(path: str | Path, metric: str | None = None) -> dict[str, bool]:
-    """Problem id -> correct, from any of the formats in the module docstring."""
+    """Problem id -> correct, from any of the formats in the module docstring (and v-star's
+    ``candidates.jsonl``: majority@k, or with ``metric="best_of"`` the verifier's pick)."""
     path = Path(path)
     if path.is_dir():
         path = _last_eval_file(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    rows = read_jsonl(path)
+    if rows and "sample" in rows[0] and "verifier_score" in rows[0]:
+        return _from_candidates(rows, metric, path)
     results: dict[str, bool] = {}
-    for i, row in enumerate(read_jsonl(path), start=1):
+    for i, row in enumerate(rows, start=1):
         where = f"{path} row {i}"
         if "doc_id" in row:  # lm-eval
             doc = row.get("doc") or {}

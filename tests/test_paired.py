@@ -86,3 +86,18 @@ def test_paired_pools_several_pairs_of_files(tmp_path, capsys):
         compare_files(a0, b0, a1)
     assert main(["paired", str(a0), str(b0), str(a1), str(b1)]) == 0
     assert "on 100 problems, pooled over 2 pairs of files" in capsys.readouterr().out
+
+
+def test_paired_reads_v_star_candidates_as_majority_or_best_of(tmp_path):
+    def cand(pid, sample, answer, correct, score):
+        return {"id": pid, "sample": sample, "completion": f"The answer is {answer}.", "answer": answer,
+                "correct": correct, "verifier_score": score, "tokens": 5}
+
+    rows = [cand("p1", 0, "3", False, 0.9), cand("p1", 1, "4", True, 0.1), cand("p1", 2, "4", True, 0.2),
+            cand("p2", 0, "7", True, 0.0), cand("p2", 1, "8", False, 0.5),   # a tie: the first answer wins
+            cand("p3", 0, None, False, 0.3), cand("p3", 1, None, False, 0.1)]  # no answer: no majority
+    path = write_jsonl(tmp_path / "candidates.jsonl", rows)
+    assert read_results(path) == {"p1": True, "p2": True, "p3": False}
+    assert read_results(path, metric="best_of") == {"p1": False, "p2": False, "p3": False}
+    with pytest.raises(ValueError, match="majority .* or best_of"):
+        read_results(path, metric="exact_match")
