@@ -105,6 +105,7 @@ def train_trl_defaults(base, tokenizer, examples: list[dict[str, str]], cfg: Con
     from trl import SFTConfig, SFTTrainer
 
     from .models import fresh_adapter, resolve_device
+    from .training import checkpointing_off
 
     set_seed(0)
     model = fresh_adapter(base, cfg.model)
@@ -116,7 +117,7 @@ def train_trl_defaults(base, tokenizer, examples: list[dict[str, str]], cfg: Con
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
     trainer.train()
     if args.gradient_checkpointing:  # the base model is shared with the next measurement
-        model.base_model.model.gradient_checkpointing_disable()
+        checkpointing_off(model.base_model.model)
     return model.eval()
 
 

@@ -231,7 +231,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
             fast.enter_context(fastpaths.fast_lora_dropout(model))
         trainer.train()
     if cfg.train.gradient_checkpointing:  # sampling and evaluation next: KV cache on, no recomputation
-        model.base_model.model.gradient_checkpointing_disable()
+        checkpointing_off(model.base_model.model)
     result = TrainResult.from_trainer(trainer)
     save_adapter(model, out_dir / "adapter")
     remove_if_empty(work_dir)
@@ -250,6 +250,12 @@ def truncate(dataset, max_length: int):
         return {c: example[c][:max_length] for c in columns}
 
     return dataset.map(cut)
+
+
+def checkpointing_off(model) -> None:
+    """Activation (gradient) checkpointing off, by the name this transformers version has not deprecated."""
+    off = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    off()
 
 
 def save_adapter(model, target: Path) -> None:
