@@ -102,6 +102,7 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
                     if r.get(key) is not None:
                         row[key] = round(r[key], 4) if isinstance(r[key], float) else r[key]
                 row["spent_tokens"] = int(generated + trained * (cfg.run.budget_axis == "all"))
+                row.update({k: v for k, v in r.items() if k in PHASES})
                 rows.append(row)
             stop = RunDir(seed_dir(cfg, seed) / method).stop()
             if rows and rows[-1]["method"] == method and rows[-1]["seed"] == seed:
@@ -129,6 +130,43 @@ def budget_lines(cfg: Config, rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {method} | {seed} | {r['spent_tokens']:,} / {cfg.run.budget_tokens:,} | {share:.0%} | "
                      f"{reason or '–'} | {mark} |")
     return lines + [""]
+
+
+PHASES = {  # seconds_<phase> of a metrics row -> its column in "Time by phase"
+    "seconds_sampling": "sampling", "seconds_rationalization": "rationalization", "seconds_training": "SFT",
+    "seconds_reward_model": "reward model", "seconds_rl_rollouts": "RL rollouts", "seconds_rl_updates": "RL updates",
+    "seconds_dpo": "DPO", "seconds_candidates": "candidates", "seconds_verifier_scoring": "verifier scoring",
+    "seconds_eval": "evaluation"}
+
+
+def time_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Where each method's wall time went, from its rows' own phase timers: mean over seeds, seconds.
+    Iteration 0 (the few-shot evaluation, shared by every method) counts for few-shot only."""
+    per: dict[str, list[dict[str, float]]] = {}
+    for r in rows:
+        if r["iteration"] == 0 and r["method"] != "few-shot":
+            continue
+        seeds = per.setdefault(r["method"], [])
+        if not seeds or seeds[-1]["seed"] != r["seed"]:
+            seeds.append({"seed": r["seed"]})
+        for key in [*PHASES, "seconds"]:
+            seeds[-1][key] = seeds[-1].get(key, 0.0) + (r.get(key) or 0.0)
+    if not per:
+        return []
+    shown = [k for k in PHASES if any(s.get(k) for seeds in per.values() for s in seeds)]
+    lines = ["## Time by phase", "",
+             "Wall seconds per method and seed, mean over seeds, from each stage's own timers; other: loading, "
+             "saving and the rest. Processes run side by side share the cores, so their seconds run slower.", "",
+             "| method | " + " | ".join(PHASES[k] for k in shown) + " | other | total |",
+             "| --- |" + " ---: |" * (len(shown) + 2)]
+    total = 0.0
+    for method, seeds in per.items():
+        mean = {k: sum(s.get(k, 0.0) for s in seeds) / len(seeds) for k in [*shown, "seconds"]}
+        other = max(0.0, mean["seconds"] - sum(mean[k] for k in shown))
+        total += sum(s["seconds"] for s in seeds)
+        lines.append(f"| {method} | " + " | ".join(f"{mean[k]:,.0f}" for k in shown) +
+                     f" | {other:,.0f} | {mean['seconds']:,.0f} |")
+    return lines + ["", f"All methods and seeds: {total / 60:,.1f} minutes of run time (the sum over runs).", ""]
 
 
 def diagnostic_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -291,6 +329,7 @@ def summary_markdown(cfg: Config, summary: dict[str, Any], rows: list[dict[str, 
                      f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}] | {e['cost_tokens']:,.0f} | "
                      f"{e['generated_tokens']:,} / {budget} | {e['seconds']:,.0f} |")
     lines += [""] + budget_lines(cfg, rows) + diagnostic_lines(rows) + stage_gain_lines(cfg, rows) + tuning_lines(cfg)
+    lines += time_lines(rows)
     lines += [f"## Paired differences against {ref}", "",
               f"Each method's last stage minus {ref}'s, problem by problem on the same test problems "
               f"(paired), pooled over seeds: 95% interval (Newcombe) and exact McNemar p-value. "

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from . import distributed
+from . import distributed, phases
 from .config import Config
 from .evaluation import evaluate_into
 from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
@@ -131,6 +131,7 @@ class Budget:
         return None
 
 
+@phases.timed("sampling")
 def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
                       hint: bool, few_shot: bool, cache: Path, num_samples: int = 1,
                       budget: Budget | None = None,

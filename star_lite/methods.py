@@ -25,7 +25,7 @@ import shutil
 import time
 from typing import Any
 
-from . import distributed
+from . import distributed, phases
 from .config import Config
 from .evaluation import evaluate_into, majority_answer, score
 from .loop import (Budget, budget_spent, build_task, clear_unfinished, keep_examples, log, peak_memory_mb,
@@ -179,6 +179,7 @@ def sample_conditioned_rationales(model, tokenizer, task, problems, cfg: Config,
     return conditioned, free
 
 
+@phases.timed("eval")
 def evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg: Config, few_shot: bool) -> dict[str, Any]:
     """Held-out test accuracy of a stage (``eval.jsonl``) and, with ``task.num_validation`` > 0, its
     validation accuracy (``validation.jsonl``): what compare.tune chooses on, never test."""
@@ -194,7 +195,7 @@ def evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg: Config, few
 
 def _finish_row(rundir: RunDir, it: int, stage: str, t0: float, result: dict, **extra) -> dict[str, Any]:
     row = {"iteration": it, "stage": stage, **result, "num_rationalized": 0, **extra,
-           "seconds": round(time.time() - t0, 1), "peak_memory_mb": round(peak_memory_mb())}
+           "seconds": round(time.time() - t0, 1), **phases.take(), "peak_memory_mb": round(peak_memory_mb())}
     row.setdefault("num_train_examples", 0)
     row.setdefault("generated_tokens", 0)
     rundir.add_metrics(row)
@@ -208,7 +209,7 @@ def run_sft_direct(cfg: Config) -> list[dict[str, Any]]:
     if started is None:
         return RunDir(cfg.run.output_dir).metrics()
     rundir, task, train, test, tokenizer, base, _ = started
-    t0, it_dir = time.time(), rundir.iter_dir(1)
+    t0, it_dir = phases.start(), rundir.iter_dir(1)
     examples = [{"prompt": task.format_question(p), "completion": task.format_completion(task.direct_answer(p))}
                 for p in train]
     write_jsonl(it_dir / "train.jsonl", examples)
@@ -235,7 +236,7 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
     sft_dir = rundir.iter_dir(1)
     if 1 not in finished:
         # --- rationales conditioned on the gold answer and on wrong ones, graded -----------
-        t0 = time.time()
+        t0 = phases.start()
         samples, free = sample_conditioned_rationales(base, tokenizer, task, train, cfg,
                                                       cache=sft_dir / "samples.partial.jsonl")
         write_jsonl(sft_dir / "samples.jsonl", samples)
@@ -268,7 +269,7 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
         return rundir.metrics()
 
     # --- reward model on right-over-wrong pairs of the same question -------------------------
-    t0, rl_dir = time.time(), rundir.iter_dir(2)
+    t0, rl_dir = phases.start(), rundir.iter_dir(2)
     pairs = preference_pairs(task, train, [s for s in read_jsonl(sft_dir / "samples.jsonl") if not s.get("leaked")])
     train_pairs, held_pairs = split_pairs(pairs, cfg.rl.heldout_fraction, cfg.run.seed)
     write_jsonl(rl_dir / "pairs.jsonl", [dict(p, heldout=p in held_pairs) for p in pairs])
@@ -330,7 +331,7 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     from_sft = cfg.rl.grpo_init == "sft"
     if from_sft and 1 not in finished:
         # --- the SFT start: the base's own right rationales ------------------------------------
-        t0, sft_dir = time.time(), rundir.iter_dir(1)
+        t0, sft_dir = phases.start(), rundir.iter_dir(1)
         clear_unfinished(sft_dir)
         cache = sft_dir / "samples.partial.jsonl"
         budget = Budget.for_iteration(rundir.metrics(), cfg, cache, started=t0)
@@ -361,7 +362,7 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
 
     # --- GRPO, rewarded by the grader ----------------------------------------------------------
     it = 2 if from_sft else 1
-    t0, it_dir = time.time(), rundir.iter_dir(it)
+    t0, it_dir = phases.start(), rundir.iter_dir(it)
     it_dir.mkdir(parents=True, exist_ok=True)
     counter: dict[str, int] = {}
     if distributed.is_main():
@@ -417,7 +418,7 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
             log(f"dpo: budget reached ({spent}); stopping before iteration {it}")
             stop = ("budget", spent)
             break
-        t0, it_dir = time.time(), rundir.iter_dir(it)
+        t0, it_dir = phases.start(), rundir.iter_dir(it)
         clear_unfinished(it_dir)
         for name in ("sft", "dpo_trainer"):
             shutil.rmtree(it_dir / name, ignore_errors=True)
@@ -543,7 +544,7 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
         log("v-star: the generator trained no adapter; no verifier")
         return rows
     rundir, last = RunDir(cfg.run.output_dir), max(generations)
-    t0, it, k = time.time(), last + 1, cfg.v_star.k
+    t0, it, k = phases.start(), last + 1, cfg.v_star.k
     it_dir = rundir.iter_dir(it)
     clear_unfinished(it_dir)
     for name in ("verifier", ".verifier.tmp", "dpo_trainer"):
@@ -576,16 +577,18 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     gen = load_adapter(base, rundir.iter_dir(last) / "adapter")
     num_shots = cfg.task.num_few_shot if cfg.sampling.few_shot_after_training else 0
     prompts = [task.prompt(p, num_few_shot=num_shots) for p in test for _ in range(k)]
-    gens = generator(cfg)(gen, tokenizer, prompts, batch_size=cfg.eval.batch_size,
-                          # drawn as the verifier's training samples were, so it scores what it learned on
-                          max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.v_star.temperature,
-                          top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=f"candidates @{k}")
+    with phases.phase("candidates"):
+        gens = generator(cfg)(gen, tokenizer, prompts, batch_size=cfg.eval.batch_size,
+                              # drawn as the verifier's training samples were, so it scores what it learned on
+                              max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.v_star.temperature,
+                              top_p=cfg.sampling.top_p, stop_strings=task.stop_strings, desc=f"candidates @{k}")
     texts = [task.clean_completion(g.text) for g in gens]
     base = detach_adapter(gen)
     del gen
     verifier = load_verifier(base, it_dir / "verifier", reference)
-    scores = verifier_scores(verifier, tokenizer, [task.format_question(p) for p in test for _ in range(k)],
-                             [task.format_completion(t) for t in texts], cfg.v_star.beta)
+    with phases.phase("verifier_scoring"):
+        scores = verifier_scores(verifier, tokenizer, [task.format_question(p) for p in test for _ in range(k)],
+                                 [task.format_completion(t) for t in texts], cfg.v_star.beta)
     candidates = []
     for n, (p, text) in enumerate(zip((p for p in test for _ in range(k)), texts)):
         candidates.append({"id": p.id, "sample": n % k, "completion": text, "answer": task.extract_answer(text),

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import distributed
+from . import distributed, phases
 from .config import Config, ConfigError
 from .models import (bnb_config, lora_config, process_device, quantized_placement, resolve_device, resolve_dtype,
                      resolve_model_path)
@@ -141,6 +141,7 @@ def reward_model_start(cfg: Config, tokenizer, init_adapter: str | Path | None =
     return model
 
 
+@phases.timed("reward_model")
 def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_dir: Path,
                        init_adapter: str | Path | None = None):
     """Train a LoRA reward model on preference pairs, from ``reward_model_start``; saves it to
@@ -338,6 +339,7 @@ def _stopping_grpo_trainer():
             self.redraw_rng = random.Random(sampling_seed)
             self.step_groups: dict[str, int] = {}  # this step's groups: drawn, dropped, trained with zero variance
 
+        @phases.timed("rl_rollouts")
         def _generate_and_score_completions(self, inputs):
             out = super()._generate_and_score_completions(inputs)
             size = self.num_generations
@@ -491,6 +493,7 @@ def max_completion_length(cfg: Config) -> int:
     return cfg.rl.max_completion_length or cfg.sampling.max_new_tokens
 
 
+@phases.timed("rl")
 def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, cfg: Config, out_dir: Path,
              *, num_few_shot: int = 0, budget_tokens: int = 0, budget_seconds: float = 0.0,
              counter: dict[str, int] | None = None):
@@ -620,6 +623,7 @@ def copy_adapter_weights(model, adapter: str | Path, adapter_name: str) -> None:
             p.copy_(weights[key].to(p.dtype))
 
 
+@phases.timed("dpo")
 def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_dir: Path, *, steps: int,
               learning_rate: float, batch_size: int, beta: float, nll_weight: float = 0.0,
               reference: str | Path | None = None):

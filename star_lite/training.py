@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, fastpaths
+from . import distributed, fastpaths, phases
 from .config import Config
 from .models import fresh_adapter, mark_adapter, native_bfloat16, resolve_device, resolve_dtype
 from .progress import bars_enabled, quiet_libraries, quiet_trainer
@@ -164,6 +164,7 @@ def collector_skips_existing_objects():
 
 
 @collector_skips_existing_objects()
+@phases.timed("training")
 def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, steps: int, out_dir: Path,
                   seed: int = 0):
     """Train a new adapter on ``examples`` ({"prompt", "completion"}) for ``steps`` steps.

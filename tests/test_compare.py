@@ -241,3 +241,22 @@ def test_a_method_section_does_not_touch_the_runs_of_methods_that_do_not_read_it
     assert "dpo.steps" in RunDir(old.run.output_dir).prepare(now, unread_sections(now, "star"))
     with pytest.raises(ConfigError, match="multiple of rl.num_generations"):
         from_dict({}, ["rl.batch_size=6", "rl.num_generations=4"])
+
+
+def test_each_stage_records_where_its_time_went(finished_compare):
+    """Each method stage's row splits its seconds by phase (issue: the comparison's time by phase), and
+    comparison.md sums them per method."""
+    out, cfg = finished_compare
+    expected = {("sft-direct", 1): {"training", "eval"},
+                ("self-motivated", 1): {"sampling", "training", "eval"},
+                ("self-motivated", 2): {"reward_model", "rl_rollouts", "rl_updates", "eval"},
+                ("grpo", 1): {"sampling", "training", "eval"},
+                ("grpo", 2): {"rl_rollouts", "rl_updates", "eval"}}
+    for (method, it), phases in expected.items():
+        row = next(r for r in read_jsonl(out / "seed_0" / method / "metrics.jsonl") if r["iteration"] == it)
+        got = {k[len("seconds_"):]: v for k, v in row.items() if k.startswith("seconds_")}
+        assert set(got) == phases, (method, it, got)
+        assert all(v > 0 for v in got.values()) and sum(got.values()) <= row["seconds"] + 0.5, (method, it, got)
+    text = (out / "comparison.md").read_text()
+    table = text.split("## Time by phase")[1].split("\n\n")[2]
+    assert "RL rollouts" in table.splitlines()[0] and "| grpo |" in table
