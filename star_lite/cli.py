@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--prompt", choices=["auto", "few-shot", "zero-shot"], default="auto",
                         help="few-shot: worked examples before the question; zero-shot: the bare question "
                              "(as adapters are trained); auto (default): few-shot for the base model, "
-                             "zero-shot for an adapter")
+                             "zero-shot for an adapter unless sampling.few_shot_after_training)")
     p_eval.add_argument("--out", help="write per-problem results to this jsonl file")
     p_compare = sub.add_parser("compare", help="run several methods on one task and budget; table and plots",
                                description=f"Runs compare.methods (any of: {', '.join(METHODS)}) with the "
@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="more pairs, pooled into one difference (e.g. other seeds: "
                                "runs/c/seed_{0,1,2}/{grpo,few-shot} in bash)")
     p_paired.add_argument("--metric", help="lm-eval samples: the metric that says correct (default: the "
-                                           "sample's first metric)")
+                                           "sample's first metric); v-star candidates.jsonl: majority (default) "
+                                           "or best_of")
     p_paired.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     p_export = sub.add_parser("export-lm-eval", help="the held-out problems as an lm-evaluation-harness task",
                               description="Writes an lm-eval task (YAML, a jsonl of the held-out problems with "
@@ -148,14 +149,16 @@ def _cmd_paired(args) -> int:
 def _cmd_export(args) -> int:
     from .lm_eval_export import export_lm_eval, resolve_source
 
-    cfg, adapter = resolve_source(args.config, args.overrides, args.adapter)
-    few_shot = None if args.prompt == "auto" else args.prompt == "few-shot"
+    cfg, adapter, stage_few_shot = resolve_source(args.config, args.overrides, args.adapter)
+    few_shot = stage_few_shot if args.prompt == "auto" else args.prompt == "few-shot"
     out = export_lm_eval(cfg, args.out_dir, adapter=adapter, few_shot=few_shot)
+    if out["note"]:
+        print(f"note: {out['note']}")
     print(f"wrote lm-eval task {out['task']} ({out['num_problems']} problems, "
           f"{'few-shot' if out['few_shot'] else 'zero-shot'} prompts, {adapter or 'base model'}) to {out['dir']}")
     print(f"run it (pip install \"star-lite[lm-eval]\"):\n  {out['command']}")
-    print(f"then: star-lite paired {out['dir'] / 'results'}/*/samples_{out['task']}_*.jsonl EVAL_JSONL "
-          "(star-lite eval --out, or a run's iter_NNN/eval.jsonl)")
+    print(f"then: star-lite paired {out['dir'] / 'results'}/*/samples_{out['task']}_<time>.jsonl EVAL_JSONL "
+          "(the newest samples file; EVAL_JSONL from star-lite eval --out, or a run's iter_NNN/eval.jsonl)")
     return 0
 
 
@@ -177,9 +180,10 @@ def _cmd_run(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .api import evaluate_model
+    from .lm_eval_export import default_few_shot
 
     cfg = load_config(args.config, args.overrides)
-    few_shot = args.adapter is None if args.prompt == "auto" else args.prompt == "few-shot"
+    few_shot = default_few_shot(cfg, args.adapter) if args.prompt == "auto" else args.prompt == "few-shot"
     result = evaluate_model(cfg, adapter=args.adapter, few_shot=few_shot, out=args.out)
     print(f"accuracy {result['accuracy']:.3f} (95% CI {result['ci_low']:.3f}-{result['ci_high']:.3f}) "
           f"on {result['num_eval']} problems "

@@ -102,7 +102,7 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
                     if r.get(key) is not None:
                         row[key] = round(r[key], 4) if isinstance(r[key], float) else r[key]
                 row["spent_tokens"] = int(generated + trained * (cfg.run.budget_axis == "all"))
-                row.update({k: v for k, v in r.items() if k in PHASES})
+                row.update({k: v for k, v in r.items() if k in PHASES or k == "shared_from"})
                 rows.append(row)
             stop = RunDir(seed_dir(cfg, seed) / method).stop()
             if rows and rows[-1]["method"] == method and rows[-1]["seed"] == seed:
@@ -141,10 +141,10 @@ PHASES = {  # seconds_<phase> of a metrics row -> its column in "Time by phase"
 
 def time_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Where each method's wall time went, from its rows' own phase timers: mean over seeds, seconds.
-    Iteration 0 (the few-shot evaluation, shared by every method) counts for few-shot only."""
+    A row copied from another run (the shared few-shot evaluation) counts where it ran only."""
     per: dict[str, list[dict[str, float]]] = {}
     for r in rows:
-        if r["iteration"] == 0 and r["method"] != "few-shot":
+        if r.get("shared_from"):
             continue
         seeds = per.setdefault(r["method"], [])
         if not seeds or seeds[-1]["seed"] != r["seed"]:

@@ -68,13 +68,24 @@ def majority_answer(answers: list[str | None]) -> str | None:
     return next(a for a in answers if a is not None and counts[a] == best)
 
 
+def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
+    """Whether the majority answer is right, graded as the task graded the samples that gave it
+    (so a task whose grader accepts equivalent forms of the gold answer is graded the same way).
+
+    >>> majority_correct(["3", "4", "4"], [False, True, True]), majority_correct([None, None], [False, False])
+    (True, False)
+    """
+    vote = majority_answer(answers)
+    return vote is not None and any(ok for a, ok in zip(answers, correct) if a == vote)
+
+
 def score_k(task: Task, problems: list[Problem], samples: list[list[str]], k: int) -> dict[str, float]:
     """pass@k and maj@k over ``samples[i]`` (n >= k completions for problem i)."""
     passes, votes = [], []
     for p, completions in zip(problems, samples):
-        c = sum(task.is_correct(x, p) for x in completions)
-        passes.append(pass_at_k(len(completions), c, k))
-        votes.append(majority_answer([task.extract_answer(x) for x in completions[:k]]) == p.answer)
+        graded = [task.is_correct(x, p) for x in completions]
+        passes.append(pass_at_k(len(completions), sum(graded), k))
+        votes.append(majority_correct([task.extract_answer(x) for x in completions[:k]], graded[:k]))
     n = len(problems)
     return {f"pass@{k}": sum(passes) / n if n else 0.0, f"maj@{k}": sum(votes) / n if n else 0.0}
 

@@ -32,42 +32,60 @@ TASK = load_task({name!r}, **json.loads({options!r}))
 def process_results(doc, results):
     p = json.loads(doc["problem"])
     problem = Problem(p["id"], p["question"], p["answer"], p.get("meta") or {{}})
-    return {{"exact_match": float(TASK.is_correct(results[0], problem))}}
+    # graded as star_lite grades: the completion cut at the task's stop strings and stripped
+    return {{"exact_match": float(TASK.is_correct(TASK.clean_completion(results[0]), problem))}}
 '''
 
 
-def _last_adapter(run_dir: Path) -> Path | None:
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+def _last_stage(run_dir: Path) -> tuple[Path | None, bool | None]:
+    """The last stage's adapter (None for iteration 0, the base model) and, where the stage says so,
+    whether it was evaluated few-shot (grpo from the base: ``rl_init: base``)."""
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "iteration" in r]
     if not rows:
-        return None
-    last = max(r["iteration"] for r in rows)
-    adapter = run_dir / f"iter_{last:03d}" / "adapter"
-    return adapter if (adapter / "adapter_config.json").is_file() else None
+        raise FileNotFoundError(f"{run_dir}: no finished stage in metrics.jsonl")
+    row = max(rows, key=lambda r: r["iteration"])
+    if row["iteration"] == 0:
+        return None, None
+    adapter = run_dir / f"iter_{row['iteration']:03d}" / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: its last stage ({row.get('stage', 'iteration ' + str(row['iteration']))}) "
+                                f"has no adapter at {adapter} (v-star's verifier stage picks among k samples, "
+                                "which an lm-eval task does not); give --adapter, e.g. a generator's iter_NNN/adapter")
+    return adapter, (True if row.get("rl_init") == "base" else None)
 
 
 def resolve_source(source: str | Path, overrides: list[str] | None = None,
-                   adapter: str | Path | None = None) -> tuple[Config, Path | None]:
-    """A config file, or a run directory (its config.yaml and, unless given, its last stage's adapter)."""
+                   adapter: str | Path | None = None) -> tuple[Config, Path | None, bool | None]:
+    """A config file, or a run directory (its config.yaml and, unless given, its last stage's adapter);
+    with the prompt that stage was evaluated with when it differs from the rule (else None)."""
     source = Path(source)
     if source.is_dir():
         if not (source / "config.yaml").is_file():
             raise FileNotFoundError(f"{source} is a directory without config.yaml: give a run directory or a config")
         cfg = load_config(source / "config.yaml", overrides)
-        return cfg, Path(adapter) if adapter else _last_adapter(source)
-    return load_config(source, overrides), Path(adapter) if adapter else None
+        if adapter:
+            return cfg, Path(adapter), None
+        return (cfg, *_last_stage(source))
+    return load_config(source, overrides), Path(adapter) if adapter else None, None
+
+
+def default_few_shot(cfg: Config, adapter) -> bool:
+    """The prompt star_lite evaluates with: few-shot for the base model; for an adapter the bare
+    question, unless ``sampling.few_shot_after_training``."""
+    return adapter is None or cfg.sampling.few_shot_after_training
 
 
 def export_lm_eval(cfg: Config, out_dir: str | Path, adapter: str | Path | None = None,
                    few_shot: bool | None = None, task_name: str | None = None) -> dict[str, Any]:
     """Write the task directory; returns its task name, files and the lm_eval command to run."""
     from .loop import build_task
-    from .models import resolve_model_path
+    from .models import resolve_device, resolve_dtype, resolve_model_path
 
     task, _, test = build_task(cfg)
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no adapter at {adapter} (expected adapter_config.json there)")
     if few_shot is None:
-        few_shot = adapter is None or cfg.sampling.few_shot_after_training
+        few_shot = default_few_shot(cfg, adapter)
     shots = cfg.task.num_few_shot if few_shot else 0
     name = task_name or "star_lite_" + re.sub(r"[^a-z0-9_]+", "_", task.name.lower()).strip("_")
     out = Path(out_dir).resolve()
@@ -100,10 +118,17 @@ def export_lm_eval(cfg: Config, out_dir: str | Path, adapter: str | Path | None 
     text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
     text = text.replace(f"'!function {name}_utils.process_results'", f"!function {name}_utils.process_results")
     (out / f"{name}.yaml").write_text(text)
+    device = resolve_device(cfg.model.device)
+    dtype = str(resolve_dtype(cfg.model.compute_dtype, device)).removeprefix("torch.")
     model_args = f"pretrained={resolve_model_path(cfg.model.name_or_path)}"
     if adapter is not None:
         model_args += f",peft={Path(adapter).resolve()}"
-    command = (f"lm_eval --model hf --model_args {model_args},dtype=float32 --include_path {out} --tasks {name} "
-               f"--batch_size 1 --log_samples --output_path {out / 'results'}")
+    command = (f"lm_eval --model hf --model_args {model_args},dtype={dtype} --device {device} --include_path {out} "
+               f"--tasks {name} --batch_size 1 --log_samples --output_path {out / 'results'}")
+    note = None
+    if cfg.model.load_in_4bit:  # lm-eval's hf model loads the checkpoint as it is: no NF4 quantization
+        note = (f"the run's base model is 4-bit NF4 (model.load_in_4bit); lm-eval loads it unquantized in {dtype}, "
+                "so its answers can differ from star_lite's; compare with star-lite eval --set "
+                "model.load_in_4bit=false")
     return {"task": name, "dir": out, "data": data, "num_problems": len(test), "few_shot": few_shot,
-            "command": command}
+            "command": command, "note": note}

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import distributed, phases
 from .config import Config
-from .evaluation import evaluate_into, majority_answer, score
+from .evaluation import evaluate_into, majority_correct, score
 from .loop import (Budget, budget_spent, build_task, clear_unfinished, keep_examples, log, peak_memory_mb,
                    run as run_star, sample_rationales, spent_tokens, start_run)
 from .models import detach_adapter, fresh_adapter, load_adapter, load_base_model, load_tokenizer
@@ -454,8 +454,9 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
                                        seed=cfg.run.seed + it)
         sft_eval: dict[str, Any] = {}
         if cfg.dpo.evaluate_sft:  # DPO's starting point, on the same problems: what DPO itself changes
-            sft_eval = {"sft_accuracy": evaluate_into(it_dir / "sft_eval.jsonl", sft_model, tokenizer, task, test, cfg,
-                                                      few_shot=cfg.sampling.few_shot_after_training)["accuracy"]}
+            with phases.phase("eval"):
+                sft_eval = {"sft_accuracy": evaluate_into(it_dir / "sft_eval.jsonl", sft_model, tokenizer, task, test,
+                                                          cfg, few_shot=cfg.sampling.few_shot_after_training)["accuracy"]}
         # --- the pairs: sampled from the SFT adapter DPO starts from (dpo.pairs_from: policy) -------------
         policy_samples: list[dict[str, Any]] = []
         if cfg.dpo.pairs_from == "policy" and not budget.cut:
@@ -632,7 +633,8 @@ def choose_best_of_k(task, problems, candidates: list[dict[str, Any]], k: int,
                 "verifier_score": c["verifier_score"]} for p, c, ok in zip(problems, best, result.pop("correct"))]
     n = len(problems)
     out = {**result, "records": records, f"best_of@{k}": result["accuracy"]}
-    majority = [majority_answer([c["answer"] for c in by_id[p.id]]) == p.answer for p in problems]
+    majority = [majority_correct([c["answer"] for c in by_id[p.id]], [c["correct"] for c in by_id[p.id]])
+                for p in problems]
     for name, hits in ((f"maj@{k}", majority), (f"pass@{k}", [any(c["correct"] for c in by_id[p.id]) for p in problems]),
                        ("greedy_accuracy", [bool(greedy.get(p.id)) for p in problems])):
         low, high = wilson(sum(hits), n)

@@ -34,7 +34,10 @@ def _lm_eval_correct(row: dict[str, Any], metric: str | None, where: str) -> boo
         k for k in ("exact_match", "acc") if k in row]
     for name in names:
         if name in row:
-            return float(row[name]) > 0.5
+            try:
+                return float(row[name]) > 0.5
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: metric {name} is {row[name]!r}, not a number") from None
     raise ValueError(f"{where}: no metric {metric or 'exact_match/acc'} in this lm-eval sample "
                      f"(fields: {', '.join(sorted(row))}); name one with --metric")
 
@@ -42,10 +45,13 @@ def _lm_eval_correct(row: dict[str, Any], metric: str | None, where: str) -> boo
 def _from_candidates(rows: list[dict[str, Any]], metric: str | None, where: Path) -> dict[str, bool]:
     """v-star's k candidates per problem: majority@k (default, as the v-star row counts it: the most
     common answer, ties to the first) or the verifier's best-of-k (``metric="best_of"``)."""
-    from .evaluation import majority_answer
+    from .evaluation import majority_correct
 
     by_id: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
+    for i, row in enumerate(rows, start=1):
+        missing = [k for k in ("id", "answer", "correct", "verifier_score") if k not in row]
+        if missing:
+            raise ValueError(f"{where} row {i}: a v-star candidate without {', '.join(missing)}")
         by_id.setdefault(str(row["id"]), []).append(row)
     if metric not in (None, "majority", "best_of"):
         raise ValueError(f"{where}: a candidates file is read as --metric majority (default) or best_of, "
@@ -55,8 +61,7 @@ def _from_candidates(rows: list[dict[str, Any]], metric: str | None, where: Path
         if metric == "best_of":
             results[pid] = bool(max(cands, key=lambda c: c["verifier_score"])["correct"])
         else:
-            vote = majority_answer([c["answer"] for c in cands])
-            results[pid] = vote is not None and any(c["correct"] for c in cands if c["answer"] == vote)
+            results[pid] = majority_correct([c["answer"] for c in cands], [bool(c["correct"]) for c in cands])
     return results
 
 
@@ -84,7 +89,8 @@ def read_results(path: str | Path, metric: str | None = None) -> dict[str, bool]
             raise ValueError(f"{where}: neither a star_lite result (id, correct) nor an lm-eval sample "
                              f"(doc_id); fields: {', '.join(sorted(row))}")
         if key in results:
-            raise ValueError(f"{where}: problem {key!r} appears twice")
+            raise ValueError(f"{where}: problem {key!r} appears twice (lm-eval writes one row per filter: "
+                             "export the task with one filter, or give one filter's rows)")
         results[key] = correct
     if not results:
         raise ValueError(f"{path}: no results")

@@ -51,10 +51,13 @@ def test_export_writes_star_lite_s_prompts_and_grades_with_its_task(tiny_model_d
     doc = rows[0]
     problem = Problem(**json.loads(doc["problem"]))
     # the toy task grades by a hash of the completion, not by its answer: only its own is_correct agrees
-    completions = [f" The answer is {n}." for n in range(40)]
+    completions = [f"The answer is {n}." for n in range(40)]
     graded = {c: task.is_correct(c, problem) for c in completions}
     assert 0 < sum(graded.values()) < len(graded)
     assert all(grader.process_results(doc, [c]) == {"exact_match": float(g)} for c, g in graded.items())
+    # lm-eval hands over the raw response (the space after "A:", the text up to the stop): graded cleaned
+    raw = {" " + c + "\n\nQ: next": g for c, g in graded.items()}
+    assert all(grader.process_results(doc, [c]) == {"exact_match": float(g)} for c, g in raw.items())
 
 
 def test_a_run_directory_exports_its_last_adapter(tiny_model_dir, tmp_path):
@@ -63,8 +66,11 @@ def test_a_run_directory_exports_its_last_adapter(tiny_model_dir, tmp_path):
     (run / "iter_002" / "adapter" / "adapter_config.json").write_text("{}")
     (run / "config.yaml").write_text(yaml.safe_dump(tiny_config_dict(tiny_model_dir, run)))
     (run / "metrics.jsonl").write_text('{"iteration": 0}\n{"iteration": 2}\n{"iteration": 1}\n')
-    _, adapter = resolve_source(run)
+    _, adapter, _ = resolve_source(run)
     assert adapter == run / "iter_002" / "adapter"
+    (run / "metrics.jsonl").write_text('{"iteration": 0}\n{"iteration": 3, "stage": "verifier"}\n')
+    with pytest.raises(FileNotFoundError, match=r"last stage \(verifier\) has no adapter.*--adapter"):
+        resolve_source(run)
     with pytest.raises(FileNotFoundError, match="no adapter at"):
         export_lm_eval(load_config(run / "config.yaml"), tmp_path / "out", adapter=tmp_path / "none")
 
@@ -92,7 +98,8 @@ def test_lm_eval_evaluates_a_star_lite_adapter_to_star_lite_s_answers(tmp_path):
     del model
     ours = evaluate_model(cfg, adapter=adapter, few_shot=True, out=tmp_path / "eval.jsonl")
     out = export_lm_eval(cfg, tmp_path / "task", adapter=adapter, few_shot=True)
-    command = [sys.executable, "-m", "lm_eval", *out["command"].split()[1:], "--device", "cpu"]
+    assert "--device cpu" in out["command"] and "dtype=float32" in out["command"]
+    command = [sys.executable, "-m", "lm_eval", *out["command"].split()[1:]]  # as printed
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     samples = list((tmp_path / "task" / "results").rglob(f"samples_{out['task']}_*.jsonl"))
@@ -100,8 +107,11 @@ def test_lm_eval_evaluates_a_star_lite_adapter_to_star_lite_s_answers(tmp_path):
     theirs = {json.loads(line)["doc"]["id"]: json.loads(line) for line in samples[0].read_text().splitlines()}
     mine = {r["id"]: r for r in map(json.loads, (tmp_path / "eval.jsonl").read_text().splitlines())}
     assert theirs.keys() == mine.keys() and len(mine) == 8
-    for pid, r in mine.items():  # lm-eval keeps the space after "A:" that star_lite strips
-        assert theirs[pid]["resps"][0][0].strip() == r["completion"].strip(), pid
+    from star_lite.loop import build_task
+
+    task = build_task(cfg)[0]
+    for pid, r in mine.items():  # lm-eval's raw response, cleaned as star_lite cleans a completion
+        assert task.clean_completion(theirs[pid]["resps"][0][0]) == r["completion"], pid
         assert theirs[pid]["exact_match"] == float(r["correct"]), pid
     assert read_results(samples[0]) == read_results(tmp_path / "eval.jsonl")
     d = compare_files(samples[0], tmp_path / "eval.jsonl")

@@ -75,8 +75,8 @@ class MathTask(Task):
     """MATH from the Hub (default: the seven subjects of ``EleutherAI/hendrycks_math``) or local files.
 
     ``source``: a Hub id or local path; ``subjects``: the Hub configs to load (``None`` for a
-    dataset without configs, e.g. ``HuggingFaceH4/MATH-500``, which has a test split only: give a
-    train source with ``data_files``); ``levels``: keep only these difficulty levels (1-5).
+    dataset without configs; ``HuggingFaceH4/MATH-500`` has a test split only, so a run needs its
+    train split elsewhere: ``data_files`` with both); ``levels``: keep only these levels (1-5).
     """
 
     name = "math"
