@@ -179,8 +179,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .api import evaluate_model
-    from .lm_eval_export import default_few_shot
+    from .api import default_few_shot, evaluate_model
 
     cfg = load_config(args.config, args.overrides)
     few_shot = default_few_shot(cfg, args.adapter) if args.prompt == "auto" else args.prompt == "few-shot"

@@ -17,8 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .api import default_few_shot
 from .config import Config, load_config
-from .rundir import read_jsonl
+from .rundir import RunDir
 
 UTILS = '''"""Written by star-lite export-lm-eval: grades lm-eval's completions with star_lite's task."""
 
@@ -40,13 +41,13 @@ def process_results(doc, results):
 def _last_stage(run_dir: Path) -> tuple[Path | None, bool | None]:
     """The last stage's adapter (None for iteration 0, the base model) and, where the stage says so,
     whether it was evaluated few-shot (grpo from the base: ``rl_init: base``)."""
-    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "iteration" in r]
-    if not rows:
+    rundir = RunDir(run_dir)
+    row = rundir.last_stage()
+    if row is None:
         raise FileNotFoundError(f"{run_dir}: no finished stage in metrics.jsonl")
-    row = max(rows, key=lambda r: r["iteration"])
     if row["iteration"] == 0:
         return None, None
-    adapter = run_dir / f"iter_{row['iteration']:03d}" / "adapter"
+    adapter = rundir.iter_dir(row["iteration"]) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: its last stage ({row.get('stage', 'iteration ' + str(row['iteration']))}) "
                                 f"has no adapter at {adapter} (v-star's verifier stage picks among k samples, "
@@ -67,12 +68,6 @@ def resolve_source(source: str | Path, overrides: list[str] | None = None,
             return cfg, Path(adapter), None
         return (cfg, *_last_stage(source))
     return load_config(source, overrides), Path(adapter) if adapter else None, None
-
-
-def default_few_shot(cfg: Config, adapter) -> bool:
-    """The prompt star_lite evaluates with: few-shot for the base model; for an adapter the bare
-    question, unless ``sampling.few_shot_after_training``."""
-    return adapter is None or cfg.sampling.few_shot_after_training
 
 
 def export_lm_eval(cfg: Config, out_dir: str | Path, adapter: str | Path | None = None,

@@ -13,17 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .rundir import read_jsonl
+from .rundir import RunDir, read_jsonl
 from .stats import paired_difference
 
 
 def _last_eval_file(run_dir: Path) -> Path:
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    if not rows:
+    rundir = RunDir(run_dir)
+    row = rundir.last_stage()
+    if row is None:
         raise FileNotFoundError(f"{run_dir} is a directory without metrics.jsonl: give a run directory or a "
                                 "per-problem results file (eval.jsonl, lm-eval samples_*.jsonl)")
-    last = max(r["iteration"] for r in rows)
-    path = run_dir / f"iter_{last:03d}" / "eval.jsonl"
+    last = row["iteration"]
+    path = rundir.iter_dir(last) / "eval.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: its last stage (iteration {last}) has no {path.name}")
     return path

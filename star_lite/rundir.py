@@ -184,6 +184,11 @@ class RunDir:
     def finished(self) -> dict[int, dict[str, Any]]:
         return {row["iteration"]: row for row in self.metrics()}
 
+    def last_stage(self) -> dict[str, Any] | None:
+        """The metrics row of the last finished iteration (the run's last stage), or None."""
+        finished = self.finished()
+        return finished[max(finished)] if finished else None
+
     def add_metrics(self, row: dict[str, Any]) -> None:
         """Record a finished iteration (with the run's number of processes, ``world_size``); every
         process waits here until rank 0 has written it, so all read the same metrics next."""
