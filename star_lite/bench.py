@@ -121,6 +121,46 @@ def train_trl_defaults(base, tokenizer, examples: list[dict[str, str]], cfg: Con
     return model.eval()
 
 
+def rollout_rates(model, tokenizer, task, problems, cfg: Config, repeats: int, out_dir: Path,
+                  steps: int = 4) -> dict[str, list[float]]:
+    """GRPO's rollouts written by star_lite's sampler and by TRL's own generation, both through one
+    GRPOTrainer's ``_generate_single_turn`` (stop handling included) on the same prompts, group size
+    (``rl.num_generations``) and step size (``rl.batch_size``), in alternating order: useful tokens/s of
+    each, per repeat. The prompts are what method grpo prompts with (zero-shot from an SFT start, few-shot
+    from the base). Leaves ``model`` without the adapter it borrowed."""
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from .models import fresh_adapter
+    from .progress import quiet_trainer
+    from .rl import _stopping_grpo_trainer, grpo_args, rollouts_by
+
+    shots = 0 if cfg.rl.grpo_init == "sft" else cfg.task.num_few_shot
+    prompts = [task.prompt(p, num_few_shot=shots) for p in problems]
+    policy = fresh_adapter(model, cfg.model)
+    args = GRPOConfig(**{**grpo_args(cfg, out_dir), "max_steps": 1, "report_to": "none"})
+    trainer = quiet_trainer(_stopping_grpo_trainer()(
+        model=policy, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tokenizer,
+        stop_strings=task.stop_strings, rollout_sampler="trl"))
+    fast = rollouts_by("auto", trainer)
+    group, per_step = cfg.rl.num_generations, max(1, cfg.rl.batch_size // cfg.rl.num_generations)
+    ids = tokenizer(prompts)["input_ids"]
+    batches = [[ids[(s * per_step + j) % len(ids)] for j in range(per_step) for _ in range(group)] for s in range(steps)]
+    rates: dict[str, list[float]] = {"star_lite": [], "trl": [], "sampler": [fast]}
+    for r in range(repeats):
+        for which in ("star_lite", "trl") if r % 2 == 0 else ("trl", "star_lite"):
+            trainer.rollout_sampler = fast if which == "star_lite" else "trl"
+            tokens, seconds = 0, 0.0
+            for batch in batches:
+                (completions, _), sec = _timed(lambda: trainer._generate_single_turn(batch, None, {}, group))
+                tokens, seconds = tokens + sum(len(c) for c in completions), seconds + sec
+            rates[which].append(tokens / seconds)
+    del trainer
+    policy.unload()
+    return rates
+
+
 def _timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -205,6 +245,8 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
             timed = side_by_side(path_prompts, r, name)
             figures[f"{name}_ratio"].append(timed["fast"][0] / timed["plain"][0])
             figures[f"{name}_differing"].append(sum(a != b for a, b in zip(timed["fast"][2], timed["plain"][2])))
+    rollouts = rollout_rates(model, tokenizer, task, [p for _, p in pairs], cfg, repeats, Path(tmp.name) / "grpo")
+    figures["rollouts_ratio"] = [f / p for f, p in zip(rollouts["star_lite"], rollouts["trl"])]
     sampling_peak = peak_memory_mb(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -240,6 +282,8 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         "threads": threads[0], **{f"{name}_speedup": statistics.median(figures[f"{name}_ratio"]) for name in paths},
         **{f"{name}_differing": max(figures[f"{name}_differing"]) for name in paths},
         "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
+        "rollouts_speedup": statistics.median(figures["rollouts_ratio"]), "rollouts_sampler": rollouts["sampler"][0],
+        "rollouts_tps": statistics.median(rollouts["star_lite"]), "rollouts_trl_tps": statistics.median(rollouts["trl"]),
         "sft_speedup": statistics.median(f / p for f, p in zip(figures["sft_tps"], figures["sft_trl_tps"])),
         "sft_padding_share": padding, "differing_sequences": differing, "peak_memory_mb_sampling": sampling_peak,
         "peak_memory_mb": max(sampling_peak, peak_memory_mb(device)),
@@ -255,6 +299,12 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         ratios = figures[f"{name}_ratio"]
         print(f"{name + ' speed-up vs plain generate':<42}{statistics.median(ratios):10.2f}x "
               f"({min(ratios):.2f}-{max(ratios):.2f}), greedy outputs differing: {max(figures[name + '_differing'])}")
+    ratios = figures["rollouts_ratio"]
+    print(f"{'GRPO rollouts tokens/s, ' + rollouts['sampler'][0] + ' sampler':<42}{_summary(rollouts['star_lite'])}")
+    print(f"{'GRPO rollouts tokens/s, TRL generation':<42}{_summary(rollouts['trl'])}")
+    print(f"{'rollouts speed-up vs TRL generation':<42}{statistics.median(ratios):10.2f}x "
+          f"({min(ratios):.2f}-{max(ratios):.2f}), groups of {cfg.rl.num_generations}, "
+          f"{max(1, cfg.rl.batch_size // cfg.rl.num_generations)} prompts a step, T={cfg.rl.generation_temperature}")
     print(f"{'star_lite prefill seconds (1 new token)':<42}{_summary(figures['prefill_s'])}")
     print(f"{'star_lite decode seconds (total - prefill)':<42}{_summary(decode)}")
     print(f"{'SFT training tokens/s, star_lite':<42}{_summary(figures['sft_tps'])}")

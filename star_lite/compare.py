@@ -508,7 +508,7 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
         scfg = seed_config(cfg, seed)
         for method in cfg.compare.methods:
             points = tune_points(cfg, method)
-            if len(points) > 1:
+            if points != [{}]:  # a grid, even of one point: its values are applied and recorded
                 tune_method(cfg, scfg, seed, method, points)
                 continue
             log(f"compare: seed {seed}, {method}")

@@ -165,6 +165,9 @@ class RLConfig:
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and draw new prompts in their
     #   place, so a step trains on informative groups; the dropped rollouts count against the budget
     dynamic_sampling_max_rounds: int = 4  # redraws per step before training on what it has
+    rollout_sampler: str = "auto"  # who writes GRPO's rollouts: star_lite (its sampler: rows leave the batch as
+    #   they stop, a shared prefix computed once) or trl (TRL's generate); auto = star_lite where it samples
+    #   TRL's distribution (one process, no vLLM, no min_p or repetition penalty), else trl
     grpo_init: str = "sft"  # method grpo starts from: sft = an adapter trained on the base's own right
     #   rationales (one STaR iteration without rationalization), as DeepSeekMath starts GRPO from an SFT model;
     #   base = a fresh adapter on the base model (measured: right 15% of the time at T=1, most groups flat)
@@ -276,6 +279,7 @@ RESUMABLE_KEYS = {
     "sampling.batch_size",
     "sampling.backend",
     "sampling.prefix_attention",
+    "rl.rollout_sampler",  # the same distribution, another sampler
     "sampling.vllm_options",
     "eval.batch_size",
     "train.logging_steps",
@@ -382,6 +386,7 @@ _CHOICES = {
     "dpo.policy_init": {"base", "sft"},
     "dpo.pairs_from": {"policy", "previous"},
     "rl.grpo_init": {"base", "sft"},
+    "rl.rollout_sampler": {"auto", "star_lite", "trl"},
     "rl.loss_type": {"grpo", "dr_grpo", "dapo", "bnpo"},
     "rl.scale_rewards": {"group", "batch", "none"},
     "run.budget_axis": {"generated", "all"},

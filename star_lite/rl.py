@@ -27,6 +27,7 @@ from .config import Config, ConfigError
 from .models import (bnb_config, lora_config, process_device, quantized_placement, resolve_device, resolve_dtype,
                      resolve_model_path)
 from .progress import bars_enabled, quiet_libraries, quiet_trainer
+from .progress import quiet as quiet_bars
 from .rundir import append_jsonl
 from .stats import wilson
 from .tasks import Problem, Task
@@ -331,9 +332,10 @@ def _stopping_grpo_trainer():
 
     class StoppingGRPOTrainer(GRPOTrainer):
         def __init__(self, *args, stop_strings=(), dynamic_sampling=False, max_rounds=4, budget_reached=None,
-                     sampling_seed=0, **kwargs):
+                     sampling_seed=0, rollout_sampler="trl", **kwargs):
             super().__init__(*args, **kwargs)
             self.stop_strings = tuple(stop_strings)
+            self.rollout_sampler = rollouts_by(rollout_sampler, self)
             self.dynamic_sampling, self.max_rounds = dynamic_sampling, max_rounds
             self.budget_reached = budget_reached or (lambda: False)
             self.redraw_rng = random.Random(sampling_seed)
@@ -370,6 +372,8 @@ def _stopping_grpo_trainer():
                                 pad_id=self._tokenizer.pad_token_id)
 
         def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+            if self.rollout_sampler == "star_lite":
+                return self._star_lite_rollouts(prompt_ids), None
             # Cut here, before TRL builds completion_mask and counts tokens from these lists: tokens past
             # the stop then get no loss, no KL and no count, whatever backend generated them (vLLM too).
             early = self.stop_strings and not self.use_vllm and not self.use_transformers_continuous_batching
@@ -382,7 +386,47 @@ def _stopping_grpo_trainer():
                 logprobs = [lp[:len(ids)] for lp, ids in zip(logprobs, completion_ids)]
             return completion_ids, logprobs
 
+        def _star_lite_rollouts(self, prompt_ids):
+            """The rollouts from star_lite's sampler (rl.rollout_sampler): TRL's temperature, top-p, top-k and
+            completion length, the prompts' shared prefix computed once, each row ending at its stop string or
+            EOS and leaving the batch; the policy samples in eval mode (no LoRA dropout)."""
+            from .sampling.hf import generate
+
+            unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
+            with quiet_bars():
+                gens = generate(unwrapped, self._tokenizer, (), prompt_ids=prompt_ids, batch_size=len(prompt_ids),
+                                max_new_tokens=self.max_completion_length, temperature=self.temperature,
+                                top_p=self.top_p, top_k=self.top_k or 0, stop_strings=self.stop_strings,
+                                desc="rollouts")
+            return [list(g.token_ids) for g in gens]
+
     return StoppingGRPOTrainer
+
+
+def rollouts_by(choice: str, trainer) -> str:
+    """Who generates GRPO's rollouts: ``star_lite`` (its sampler) or ``trl`` (TRL's generate). ``auto`` is
+    star_lite's where it gives TRL's distribution: one process, transformers generation (not vLLM or
+    continuous batching), no logits processing beyond temperature/top-k/top-p (min_p, repetition penalty,
+    extra generation_kwargs) and an architecture the sampler's decode loop supports."""
+    from .sampling import prefix_decode
+
+    if choice == "trl":
+        return "trl"
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    blockers = [why for why, blocked in (
+        ("vLLM generation (rl.trl_options use_vllm)", trainer.use_vllm),
+        ("transformers continuous batching", trainer.use_transformers_continuous_batching),
+        ("more than one process", trainer.accelerator.num_processes > 1),
+        ("min_p or repetition_penalty in rl.trl_options", trainer.min_p is not None or trainer.repetition_penalty != 1.0),
+        ("generation_kwargs in rl.trl_options", bool(trainer.args.generation_kwargs)),
+        (f"{model.config.model_type} attention or its generation config", not prefix_decode.supported(model)),
+    ) if blocked]
+    if not blockers:
+        return "star_lite"
+    if choice == "star_lite":
+        raise ConfigError(f"rl.rollout_sampler: star_lite's sampler cannot produce these rollouts ({'; '.join(blockers)}); "
+                          "set rl.rollout_sampler to auto or trl")
+    return "trl"
 
 
 def merge_groups(parts: list[tuple[dict[str, Any], list[int]]], pad_id: int) -> dict[str, Any]:
@@ -571,7 +615,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
                                        processing_class=tokenizer, stop_strings=task.stop_strings,
                                        dynamic_sampling=cfg.rl.dynamic_sampling,
                                        max_rounds=cfg.rl.dynamic_sampling_max_rounds, budget_reached=budget_reached,
-                                       sampling_seed=cfg.run.seed)
+                                       sampling_seed=cfg.run.seed, rollout_sampler=cfg.rl.rollout_sampler)
     quiet_trainer(trainer)
     trainer.add_callback(StopAtBudget())
     trainer.add_callback(recorder)

@@ -176,16 +176,22 @@ def test_tuning_needs_validation_and_the_same_number_of_points_per_method():
         from_dict({**ok, "compare": {**ok["compare"], "tune": {**tune, "grpo": {"rl.lr": [1, 2]}}}})
 
 
-def test_a_tuned_comparison_runs_every_point_and_reports_the_chosen_one(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("rates", [[1e-2, 1e-3], [1e-3]])  # a grid of one point is applied too, not ignored
+def test_a_tuned_comparison_runs_every_point_and_reports_the_chosen_one(tiny_model_dir, tmp_path, rates):
+    import yaml
+
     from star_lite.compare import compare
 
     data = tiny_config_dict(tiny_model_dir, tmp_path / "unused", star={"iterations": 1},
                             task={"num_validation": 4})
     data["compare"] = {"methods": ["few-shot", "sft-direct"], "reference": "few-shot", "output_dir": str(tmp_path),
-                       "seeds": [0], "tune": {"sft-direct": {"train.learning_rate": [1e-2, 1e-3]}}}
+                       "seeds": [0], "tune": {"sft-direct": {"train.learning_rate": rates}}}
     compare(from_dict(data))
     grid = read_jsonl(tmp_path / "tuning.jsonl")
-    assert [g["point"] for g in grid] == [0, 1] and sum(g["chosen"] for g in grid) == 1
+    assert [g["point"] for g in grid] == list(range(len(rates))) and sum(g["chosen"] for g in grid) == 1
+    for g in grid:  # each point ran with its own value
+        saved = yaml.safe_load((tmp_path / "seed_0" / f"sft-direct@{g['point']}" / "config.yaml").read_text())
+        assert saved["train"]["learning_rate"] == rates[g["point"]]
     chosen = next(g for g in grid if g["chosen"])
     assert (tmp_path / "seed_0" / "sft-direct").resolve() == (tmp_path / "seed_0" / f"sft-direct@{chosen['point']}").resolve()
     assert chosen["validation_accuracy"] == max(g["validation_accuracy"] for g in grid)

@@ -30,7 +30,7 @@ def _rl_config(model_dir, out, **rl):
 def test_rollout_tokens_after_the_stop_get_no_loss_and_are_not_counted(tiny_model_dir, tmp_path, monkeypatch):
     import trl
 
-    cfg = _rl_config(tiny_model_dir, tmp_path, max_completion_length=40)
+    cfg = _rl_config(tiny_model_dir, tmp_path, max_completion_length=40, rollout_sampler="trl")  # TRL's generate, cut
     tok = load_tokenizer(cfg.model.name_or_path)
     task = ArithmeticTask(1, 1)
     problems = task.load("train", 2, 0)
@@ -78,7 +78,7 @@ class StopsAtE(ArithmeticTask):
 def test_rollout_generation_ends_when_every_rollout_has_stopped(tiny_model_dir, tmp_path, monkeypatch):
     import trl
 
-    cfg = _rl_config(tiny_model_dir, tmp_path, max_completion_length=48)
+    cfg = _rl_config(tiny_model_dir, tmp_path, max_completion_length=48, rollout_sampler="trl")
     tok = load_tokenizer(cfg.model.name_or_path)
     task = StopsAtE(1, 1)
     problems = task.load("train", 2, 0)
@@ -98,6 +98,52 @@ def test_rollout_generation_ends_when_every_rollout_has_stopped(tiny_model_dir, 
     assert all("e" in tok.decode(ids) for ids in generated)
     assert max(len(ids) for ids in generated) < 48  # generate stopped, not ran to the cap and was cut after
     assert counter["tokens"] <= sum(len(ids) for ids in generated)
+
+
+def test_star_lite_rollouts_follow_trl_generation(tiny_model_dir, tmp_path, monkeypatch):
+    """rl.rollout_sampler: star_lite's sampler writes GRPO's rollouts (auto picks it here) from TRL's distribution:
+    with the draw made deterministic (the most probable token of the warped distribution), the same tokens
+    as TRL's generate for prompts of different lengths in one batch, each ending at its stop."""
+    import trl
+
+    from star_lite.sampling import hf
+
+    monkeypatch.setattr(torch, "multinomial", lambda probs, num_samples=1, **k: probs.argmax(-1, keepdim=True))
+    task = StopsAtE(1, 3)
+    problems = task.load("train", 4, 0)
+    tok = load_tokenizer(str(tiny_model_dir))
+    assert len({len(tok(task.prompt(p))["input_ids"]) for p in problems}) > 1  # prompts of different lengths
+    calls, seen = [], {}
+    original_generate = hf.generate
+    monkeypatch.setattr(hf, "generate", lambda *a, **k: calls.append(len(k["prompt_ids"])) or original_generate(*a, **k))
+    original_loss = trl.GRPOTrainer._compute_loss
+
+    def record(self, model, inputs):
+        ids, mask = inputs["completion_ids"], inputs["completion_mask"].bool()
+        seen.setdefault(self.rollout_sampler, []).extend(tuple(r[m].tolist()) for r, m in zip(ids, mask))
+        return original_loss(self, model, inputs)
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_compute_loss", record)
+    for sampler in ("trl", "auto"):
+        cfg = _rl_config(tiny_model_dir, tmp_path / sampler, max_completion_length=24, rollout_sampler=sampler,
+                         num_generations=2, batch_size=8)
+        policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
+        train_rl(policy, tok, task, problems, make_reward(task, {p.id: p for p in problems}), cfg, tmp_path / sampler)
+    assert calls == [8]  # auto: star_lite's sampler wrote the one step's 8 rollouts; trl: TRL's generate
+    assert sorted(seen["star_lite"]) == sorted(seen["trl"])
+    assert any("e" in tok.decode(ids) for ids in seen["trl"]) and len({len(ids) for ids in seen["trl"]}) > 1
+
+
+def test_rollout_sampler_star_lite_is_refused_where_it_cannot_sample_trls_distribution(tiny_model_dir, tmp_path):
+    from star_lite.config import ConfigError
+
+    cfg = _rl_config(tiny_model_dir, tmp_path, rollout_sampler="star_lite", trl_options={"repetition_penalty": 1.2})
+    tok = load_tokenizer(cfg.model.name_or_path)
+    task = ArithmeticTask(1, 1)
+    problems = task.load("train", 2, 0)
+    policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
+    with pytest.raises(ConfigError, match="rl.rollout_sampler.*repetition_penalty"):
+        train_rl(policy, tok, task, problems, make_reward(task, {p.id: p for p in problems}), cfg, tmp_path)
 
 
 def test_rl_completion_length_defaults_to_the_sampling_length(tiny_model_dir, tmp_path):

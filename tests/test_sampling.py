@@ -56,8 +56,8 @@ def test_fast_sampler_equals_plain_generate(tiny_model_dir, tmp_path, with_adapt
         greedy_calls.clear()
         fast = generate(model, tok, prompts, batch_size=5, max_new_tokens=12, stop_strings=stop,
                         share_prefix=share_prefix, prefix_attention=prefix_attention)
-        # the shared prefix's own decode loop ran every batch (5, 5, 3 rows), and only when asked to
-        assert greedy_calls == ([5, 5, 3] if (share_prefix, prefix_attention) == (True, "shared") else [])
+        # star_lite's own decode loop ran every batch (5, 5, 3 rows), with or without a shared prefix, only when asked to
+        assert greedy_calls == ([5, 5, 3] if prefix_attention == "shared" else [])
         # the fast sampler sorts by length; compare per prompt, token for token
         assert [g.token_ids for g in fast] == [ids for _, ids in plain]
         assert [g.text for g in fast] == [text for text, _ in plain]

@@ -96,42 +96,51 @@ def _batch_inputs(rows: list[list[int]], prefix_len: int, pad_id: int, device) -
 def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop_strings: Sequence[str] = ("\n\n",),
              desc: str = "sampling", on_batch: Callable[[list[int], list[Generation]], None] | None = None,
-             share_prefix: bool = True, prefix_attention: str = "shared") -> list[Generation]:
+             share_prefix: bool = True, prefix_attention: str = "shared",
+             prompt_ids: Sequence[Sequence[int]] | None = None, top_k: int | None = None) -> list[Generation]:
     """Generate a continuation for every prompt; greedy when ``temperature == 0``.
 
     Prompts are grouped by length so a batch pads little. When the prompts share a long token
     prefix (the few-shot examples), its keys and values are computed once and copied into every
     batch, and only each prompt's own tail is prefilled (``share_prefix``). Decoding then
     keeps the prefix once for the whole batch instead of a copy per row (``prefix_attention="shared"``,
-    prefix_decode.py; greedy gives generate's tokens, sampling its distribution). ``on_batch(indices,
+    prefix_decode.py; greedy gives generate's tokens, sampling its distribution); prompts that share no
+    prefix take the same loop, where finished rows leave the batch. ``prompt_ids``: the prompts already
+    tokenized (GRPO's rollouts), used instead of tokenizing ``prompts``; ``top_k`` overrides the model's
+    generation config (GRPO samples with TRL's top_k, 0 = none). ``on_batch(indices,
     generations)`` is called after each batch (the loop uses it to save progress).
     """
     from . import prefix_decode
 
     was_training = model.training
     model.eval()
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    results: list[Generation | None] = [None] * len(prompts)
+    ids = [list(r) for r in prompt_ids] if prompt_ids is not None else tokenizer(list(prompts))["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    results: list[Generation | None] = [None] * len(ids)
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                      stop_strings=list(stop_strings), tokenizer=tokenizer, eos_token_id=sorted(eos_ids))
+                      eos_token_id=sorted(eos_ids))
+    if stop_strings:
+        gen_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     if temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        if top_k is not None:
+            gen_kwargs["top_k"] = top_k
     else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     device = next(model.parameters()).device
-    ids = tokenizer(list(prompts))["input_ids"]
-    prefix = shared_prefix(ids) if share_prefix and len(prompts) > 1 else []
+    prefix = shared_prefix(ids) if share_prefix and len(ids) > 1 else []
     prefix_cache = _prefill(model, prefix, device) if prefix else None
-    shared = prefix_cache is not None and prefix_attention == "shared" and prefix_decode.supported(model)
+    shared = prefix_attention == "shared" and prefix_decode.supported(model)
     if shared:
         from transformers import StopStringCriteria
 
-        stop_criteria = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings))
-    bar = progress(total=len(prompts), desc=desc, unit="seq")
+        stop_criteria = (StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)) if stop_strings
+                         else lambda seen, scores: torch.zeros(len(seen), dtype=torch.bool, device=seen.device))
+    bar = progress(total=len(ids), desc=desc, unit="seq")
     try:
         start = 0
         while start < len(order):
@@ -141,7 +150,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
                     new = prefix_decode.decode(model, prefix_cache, len(prefix), [ids[i][len(prefix):] for i in idx],
                                                pad_id=tokenizer.pad_token_id, eos_ids=eos_ids,
                                                max_new_tokens=max_new_tokens, stop_criteria=stop_criteria,
-                                               temperature=temperature, top_p=top_p)
+                                               temperature=temperature, top_p=top_p, top_k=top_k)
                 else:
                     enc = _batch_inputs([ids[i] for i in idx], len(prefix), tokenizer.pad_token_id, device)
                     if prefix_cache is not None:

@@ -30,13 +30,16 @@ _state: dict = {}  # while decoding: the prefix's keys/values per layer and each
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """Attention of each row's queries over the shared prefix (a batch of one) and the row's own keys."""
-    prefix_keys, prefix_values = _state["prefix"][module.layer_idx]  # [1, kv_heads, P, dim]
     own_mask = _state["own_mask"]  # [rows, own tokens], True where a real (not padding) token
     rows, heads, length, dim = query.shape
     kv_heads, own = key.shape[1], key.shape[2]
-    groups, prefix = heads // kv_heads, prefix_keys.shape[2]
+    groups = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
     q = query.view(rows, kv_heads, groups, length, dim)  # head h = kv_head * groups + g, as repeat_kv
+    if _state["prefix"] is None:  # no shared prefix: each row attends over its own tokens only
+        return _own_attention(q, key, value, own_mask, scale, query.dtype), None
+    prefix_keys, prefix_values = _state["prefix"][module.layer_idx]  # [1, kv_heads, P, dim]
+    prefix = prefix_keys.shape[2]
     # the prefix: one [kv_heads, rows * groups * length, P] product, reading its keys once
     flat = q.permute(1, 0, 2, 3, 4).reshape(kv_heads, rows * groups * length, dim)
     s_prefix = torch.bmm(flat, prefix_keys[0].transpose(1, 2)).view(kv_heads, rows, groups, length, prefix)
@@ -44,10 +47,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     # the row's own tokens: causal, padding hidden
     s_own = torch.matmul(q.reshape(rows, kv_heads, groups * length, dim), key.transpose(2, 3))
     s_own = s_own.view(rows, kv_heads, groups, length, own)
-    last = own - length + torch.arange(length, device=key.device)  # each query's own position
-    causal = torch.arange(own, device=key.device)[None, :] <= last[:, None]
-    visible = own_mask[:, None, None, None, :] & causal[None, None, None]
-    s_own = s_own.masked_fill(~visible, float("-inf"))
+    s_own = s_own.masked_fill(~_own_visible(q, key, own_mask), float("-inf"))
     weights = torch.softmax(torch.cat([s_prefix, s_own], dim=-1).float() * scale, dim=-1).to(query.dtype)
     w_prefix, w_own = weights.split([prefix, own], dim=-1)
     out_prefix = torch.bmm(w_prefix.permute(1, 0, 2, 3, 4).reshape(kv_heads, rows * groups * length, prefix),
@@ -55,6 +55,30 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     out_own = torch.matmul(w_own.reshape(rows, kv_heads, groups * length, own), value)
     out = out_prefix + out_own.view(rows, kv_heads, groups, length, dim)
     return out.reshape(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def _own_visible(q, key, own_mask) -> torch.Tensor:
+    """[rows, 1, 1, length, own]: which of a row's own keys each query sees (causal, padding hidden)."""
+    length, own = q.shape[3], key.shape[2]
+    last = own - length + torch.arange(length, device=key.device)  # each query's own position
+    causal = torch.arange(own, device=key.device)[None, :] <= last[:, None]
+    return own_mask[:, None, None, None, :] & causal[None, None, None]
+
+
+def _own_attention(q, key, value, own_mask, scale, dtype):
+    """attention() without a prefix: softmax over the row's own keys, in float32 as with a prefix."""
+    rows, kv_heads, groups, length, dim = q.shape
+    own = key.shape[2]
+    s_own = torch.matmul(q.reshape(rows, kv_heads, groups * length, dim), key.transpose(2, 3))
+    # a padding position's query sees no real key; let it see itself, so its (unused) output and the keys and
+    # values the next layer makes of it stay finite, which the real rows' zero weights on them need
+    visible = _own_visible(q, key, own_mask)
+    last = own - length + torch.arange(length, device=key.device)
+    visible = visible | (torch.arange(own, device=key.device)[None, :] == last[:, None])[None, None, None]
+    s_own = s_own.view(rows, kv_heads, groups, length, own).masked_fill(~visible, float("-inf"))
+    weights = torch.softmax(s_own.float() * scale, dim=-1).to(dtype)
+    out = torch.matmul(weights.reshape(rows, kv_heads, groups * length, own), value)
+    return out.view(rows, kv_heads * groups, length, dim).transpose(1, 2).contiguous()
 
 
 def _no_mask(*args, **kwargs):
@@ -65,7 +89,8 @@ def _no_mask(*args, **kwargs):
 def _shared_prefix_attention(model, prefix_cache, own_mask) -> Iterator[None]:
     from ..fastpaths import attention_implementation
 
-    _state.update(prefix=[(layer.keys, layer.values) for layer in prefix_cache.layers], own_mask=own_mask)
+    _state.update(prefix=None if prefix_cache is None else [(layer.keys, layer.values) for layer in prefix_cache.layers],
+                  own_mask=own_mask)
     # the prefill's last positions reach the LM head as a strided view, which torch multiplies as a batched
     # matmul against the head's weight expanded per row (slower on a CPU); contiguous, one matmul
     head = model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].contiguous(),))
@@ -102,14 +127,15 @@ def supported(model) -> bool:
             and arch._attn_implementation in ("sdpa", "eager"))
 
 
-def _warpers(model, temperature: float, top_p: float):
-    """What generate applies to the logits before sampling, in its order."""
+def _warpers(model, temperature: float, top_p: float, top_k: int | None = None):
+    """What generate applies to the logits before sampling, in its order (``top_k`` None: the model's
+    generation config's, as generate takes it; 0: none)."""
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     warpers = LogitsProcessorList()
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
-    top_k = model.generation_config.top_k
+    top_k = model.generation_config.top_k if top_k is None else top_k
     if top_k:
         warpers.append(TopKLogitsWarper(top_k=top_k))
     if top_p is not None and top_p < 1.0:
@@ -120,16 +146,17 @@ def _warpers(model, temperature: float, top_p: float):
 @torch.no_grad()
 def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]], *, pad_id: int,
            eos_ids: set[int], max_new_tokens: int, stop_criteria, temperature: float = 0.0,
-           top_p: float = 1.0) -> torch.Tensor:
+           top_p: float = 1.0, top_k: int | None = None) -> torch.Tensor:
     """Continuations of ``tails`` (each a prompt's tokens after the shared prefix), greedy when
     ``temperature == 0``, as ``generate`` returns them: [rows, steps] new tokens, padded with
-    ``pad_id`` after a row's stop."""
+    ``pad_id`` after a row's stop. ``prefix_cache`` None (``prefix_len`` 0): the prompts share no prefix
+    worth a prefill, and each row attends over its own tokens (still leaving the batch when it stops)."""
     from transformers import DynamicCache
 
     from .hf import cache_argument
 
-    warpers = _warpers(model, temperature, top_p) if temperature > 0 else None
-    device = prefix_cache.layers[0].keys.device
+    warpers = _warpers(model, temperature, top_p, top_k) if temperature > 0 else None
+    device = next(model.parameters()).device if prefix_cache is None else prefix_cache.layers[0].keys.device
     width = max(len(t) for t in tails)
     input_ids = torch.tensor([[pad_id] * (width - len(t)) + list(t) for t in tails], device=device)
     own_mask = torch.tensor([[False] * (width - len(t)) + [True] * len(t) for t in tails], device=device)
