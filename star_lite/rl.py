@@ -31,6 +31,7 @@ from .progress import quiet as quiet_bars
 from .rundir import append_jsonl
 from .stats import wilson
 from .tasks import Problem, Task
+from .trainers.args import shared_args
 from .training import TrainingError, TrainResult, release_memory, remove_if_empty, save_adapter
 
 
@@ -84,14 +85,8 @@ def split_pairs(pairs: list[dict[str, Any]], heldout_fraction: float, seed: int)
 
 
 def _trainer_device_args(cfg: Config) -> dict[str, Any]:
-    device = resolve_device(cfg.model.device)
-    dtype = resolve_dtype(cfg.model.compute_dtype, device)
-    return {"use_cpu": device == "cpu", "bf16": device == "cuda" and dtype == torch.bfloat16,
-            "fp16": device == "cuda" and dtype == torch.float16, "report_to": cfg.train.report_to,
-            "save_strategy": "no", "seed": cfg.run.seed, "logging_steps": cfg.train.logging_steps,
-            "disable_tqdm": not bars_enabled(),
-            # TRL's trainers turn gradient checkpointing on by default (every layer computed twice)
-            "activation_checkpointing": cfg.train.gradient_checkpointing}
+    """What the reward model, GRPO and DPO trainers share with SFT's (trainers.args); float32 on a CPU."""
+    return shared_args(cfg, cpu_autocast=False)
 
 
 def match_adapter_dtype(model, cfg: Config) -> None:

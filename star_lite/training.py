@@ -23,6 +23,7 @@ from .config import Config
 from .models import fresh_adapter, mark_adapter, native_bfloat16, resolve_device, resolve_dtype
 from .progress import bars_enabled, quiet_libraries, quiet_trainer
 from .rundir import fault_point
+from .trainers.args import shared_args, uses_bf16_autocast  # noqa: F401 (uses_bf16_autocast: importable here too)
 
 
 class TrainingError(RuntimeError):
@@ -73,20 +74,6 @@ def training_steps(iteration: int, num_examples: int, train) -> int:
         per_step = train.batch_size * train.gradient_accumulation_steps
         return max(scheduled, math.ceil(train.epochs * num_examples / per_step))
     return scheduled
-
-
-def uses_bf16_autocast(setting: str, device: str, dtype: torch.dtype) -> bool:
-    """Whether SFT runs under bfloat16 autocast (``train.autocast``). The trainable LoRA weights and the
-    optimizer state stay float32 either way; only the matmuls run in bfloat16.
-
-    >>> uses_bf16_autocast("off", "cpu", torch.float32), uses_bf16_autocast("bfloat16", "cpu", torch.float32)
-    (False, True)
-    """
-    if setting != "auto":
-        return setting == "bfloat16"
-    if device == "cuda":
-        return dtype == torch.bfloat16  # a GPU trains in the model's compute dtype
-    return dtype == torch.float32 and native_bfloat16(device)  # emulated bfloat16 is slower than float32
 
 
 def lm_head_kind(setting: str, device: str) -> str:
@@ -201,19 +188,13 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         # padding-free flattens each batch into one row; TRL then leaves truncation to us (below)
         max_length=None if cfg.train.padding_free else cfg.train.max_length,
         padding_free=cfg.train.padding_free,
-        activation_checkpointing=cfg.train.gradient_checkpointing,  # TRL defaults it on: every layer computed twice
         completion_only_loss=True,
         include_num_input_tokens_seen="non_padding",  # the comparison's cost counts trained tokens
         logging_nan_inf_filter=False,  # a NaN loss must reach the guard, not be averaged away
-        logging_steps=cfg.train.logging_steps,
-        report_to=cfg.train.report_to,
-        save_strategy="no",
-        seed=cfg.run.seed,
-        use_cpu=device == "cpu",
-        bf16=bf16,  # autocast (on a CPU too): float32 LoRA weights and optimizer state, bfloat16 matmuls
-        fp16=device == "cuda" and dtype == torch.float16 and not bf16,
-        disable_tqdm=not bars_enabled(),
         dataset_num_proc=None,
+        # device, precision (bfloat16 autocast on a capable CPU too: float32 LoRA weights and optimizer
+        # state, bfloat16 matmuls), logging, seed, checkpointing: as every trainer sets them
+        **shared_args(cfg, cpu_autocast=True),
     )
     trainer_class = _trainer_class(lm_head_kind(cfg.train.lm_head, device))
     trainer = quiet_trainer(trainer_class(model=model, args=args, train_dataset=Dataset.from_list(examples),

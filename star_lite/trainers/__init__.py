@@ -1,0 +1,1 @@
+"""What star_lite's TRL trainers share (SFT in ``training``, reward model, GRPO and DPO in ``rl``)."""
