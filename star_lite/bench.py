@@ -138,7 +138,9 @@ def rollout_rates(model, tokenizer, task, problems, cfg: Config, repeats: int, o
     shots = 0 if cfg.rl.grpo_init == "sft" else cfg.task.num_few_shot
     prompts = [task.prompt(p, num_few_shot=shots) for p in problems]
     policy = fresh_adapter(model, cfg.model)
-    args = GRPOConfig(**{**grpo_args(cfg, out_dir), "max_steps": 1, "report_to": "none"})
+    one_step = copy.deepcopy(cfg)
+    one_step.rl.steps = 1  # the trainer only generates here; no budget needed
+    args = GRPOConfig(**{**grpo_args(one_step, out_dir), "report_to": "none"})
     trainer = quiet_trainer(_stopping_grpo_trainer()(
         model=policy, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tokenizer,

@@ -102,12 +102,14 @@ def test_rollout_generation_ends_when_every_rollout_has_stopped(tiny_model_dir, 
 
 def test_star_lite_rollouts_follow_trl_generation(tiny_model_dir, tmp_path, monkeypatch):
     """rl.rollout_sampler: star_lite's sampler writes GRPO's rollouts (auto picks it here) from TRL's distribution:
-    with the draw made deterministic (the most probable token of the warped distribution), the same tokens
-    as TRL's generate for prompts of different lengths in one batch, each ending at its stop."""
+    TRL's temperature, top-k, top-p and length, and, with the draw made deterministic, the same tokens as TRL's
+    generate for prompts of different lengths in one batch, each ending at its stop."""
     import trl
 
     from star_lite.sampling import hf
 
+    # the draw made deterministic: the most probable token of the warped distribution (the warping itself is
+    # generate's, test_sampling; here the settings it is given must be TRL's)
     monkeypatch.setattr(torch, "multinomial", lambda probs, num_samples=1, **k: probs.argmax(-1, keepdim=True))
     task = StopsAtE(1, 3)
     problems = task.load("train", 4, 0)
@@ -115,7 +117,7 @@ def test_star_lite_rollouts_follow_trl_generation(tiny_model_dir, tmp_path, monk
     assert len({len(tok(task.prompt(p))["input_ids"]) for p in problems}) > 1  # prompts of different lengths
     calls, seen = [], {}
     original_generate = hf.generate
-    monkeypatch.setattr(hf, "generate", lambda *a, **k: calls.append(len(k["prompt_ids"])) or original_generate(*a, **k))
+    monkeypatch.setattr(hf, "generate", lambda *a, **k: calls.append(k) or original_generate(*a, **k))
     original_loss = trl.GRPOTrainer._compute_loss
 
     def record(self, model, inputs):
@@ -126,10 +128,13 @@ def test_star_lite_rollouts_follow_trl_generation(tiny_model_dir, tmp_path, monk
     monkeypatch.setattr(trl.GRPOTrainer, "_compute_loss", record)
     for sampler in ("trl", "auto"):
         cfg = _rl_config(tiny_model_dir, tmp_path / sampler, max_completion_length=24, rollout_sampler=sampler,
-                         num_generations=2, batch_size=8)
+                         num_generations=2, batch_size=8, generation_temperature=0.7, trl_options={"top_k": 40})
         policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
         train_rl(policy, tok, task, problems, make_reward(task, {p.id: p for p in problems}), cfg, tmp_path / sampler)
-    assert calls == [8]  # auto: star_lite's sampler wrote the one step's 8 rollouts; trl: TRL's generate
+    # auto: star_lite's sampler wrote the one step's 8 rollouts with TRL's settings; trl: TRL's generate
+    assert [len(k["prompt_ids"]) for k in calls] == [8]
+    assert {key: calls[0][key] for key in ("temperature", "top_k", "top_p", "max_new_tokens", "stop_strings")} == \
+        {"temperature": 0.7, "top_k": 40, "top_p": 1.0, "max_new_tokens": 24, "stop_strings": ("e",)}
     assert sorted(seen["star_lite"]) == sorted(seen["trl"])
     assert any("e" in tok.decode(ids) for ids in seen["trl"]) and len({len(ids) for ids in seen["trl"]}) > 1
 

@@ -75,6 +75,32 @@ def test_fast_sampler_equals_plain_generate(tiny_model_dir, tmp_path, with_adapt
     assert stopped > 0, "no sequence stopped: the test shows nothing about stopping"
 
 
+def test_prompts_without_a_shared_prefix_decode_as_each_prompt_alone(tiny_model_dir):
+    """Zero-shot prompts (evaluation after training, GRPO from an SFT start) share no prefix: they take star_lite's
+    loop with no prefix at all, padded on the left in one batch, and give plain generate's tokens one by one."""
+    from star_lite.sampling import prefix_decode
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    task = load_task("arithmetic", min_digits=1, max_digits=3, rationale="plain")
+    prompts = [task.prompt(p, num_few_shot=0) for p in task.load("test", 9, 0)]
+    ids = tok(prompts)["input_ids"]
+    assert shared_prefix(ids) == [] and len({len(r) for r in ids}) > 2  # no prefix; padding in the batch
+    free = _plain_generate(model, tok, prompts, 10, ("\n\n",))
+    stop = ("\n\n", tok.decode(free[0][1][4:5]))
+    plain = _plain_generate(model, tok, prompts, 10, stop)
+    calls = []
+    decode = prefix_decode.decode
+    prefix_decode.decode, restore = (lambda *a, **k: calls.append(a[1]) or decode(*a, **k)), decode
+    try:
+        fast = generate(model, tok, prompts, batch_size=len(prompts), max_new_tokens=10, stop_strings=stop)
+    finally:
+        prefix_decode.decode = restore
+    assert calls == [None]  # one batch, star_lite's loop, no prefix cache
+    assert [g.token_ids for g in fast] == [ids for _, ids in plain]
+    assert any(len(g.token_ids) < 10 for g in fast)  # some rows stopped and left the batch
+
+
 def test_shared_prefix_sampling_follows_generate(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import GenerationConfig
 
@@ -135,8 +161,10 @@ def test_bench_smoke_prints_side_by_side_figures(tiny_model_dir, tmp_path, capsy
                  "SFT speed-up vs TRL defaults (same-run ratio)",
                  "padding in padded SFT batches", "peak memory MB, sample + train + evaluate",
                  "rationalization speed-up vs plain generate", "evaluation speed-up vs plain generate",
-                 "torch threads (run.threads)"):
+                 "torch threads (run.threads)", "GRPO rollouts tokens/s, star_lite sampler",
+                 "GRPO rollouts tokens/s, TRL generation", "rollouts speed-up vs TRL generation"):
         assert line in out
+    assert result["rollouts_sampler"] == "star_lite" and result["rollouts_tps"] > 0 and result["rollouts_trl_tps"] > 0
     assert result["differing_sequences"] == result["rationalization_differing"] == result["evaluation_differing"] == 0
     assert result["rationalization_speedup"] > 0 and result["evaluation_speedup"] > 0
     assert all(result["median"][k] > 0 for k in ("fast_tps", "plain_tps", "sft_tps", "sft_trl_tps"))
