@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from hypothesis import given, settings
@@ -77,24 +78,32 @@ def test_extraction_and_grading_accept_any_string(text):
         assert isinstance(task.clean_completion(text), str)
 
 
-def test_out_of_memory_while_sampling_lowers_the_batch_size(tiny_model_dir, capsys):
+@pytest.mark.parametrize("prefix_attention", ["shared", "expand"])
+def test_out_of_memory_while_sampling_lowers_the_batch_size(tiny_model_dir, capsys, monkeypatch, prefix_attention):
+    """Both decode paths: star_lite's own loop (``shared``) and transformers' generate (``expand``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from star_lite.sampling import prefix_decode
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    real = model.generate
     sizes = []
 
-    def generate_with_small_memory(**kwargs):
-        sizes.append(kwargs["input_ids"].shape[0])
-        if kwargs["input_ids"].shape[0] > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(**kwargs)
+    def with_small_memory(real, rows_of):
+        def call(*args, **kwargs):
+            sizes.append(rows_of(*args, **kwargs))
+            if sizes[-1] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real(*args, **kwargs)
+        return call
 
-    model.generate = generate_with_small_memory
+    if prefix_attention == "shared":
+        monkeypatch.setattr(prefix_decode, "decode", with_small_memory(prefix_decode.decode, lambda m, c, n, tails, **kw: len(tails)))
+    else:
+        model.generate = with_small_memory(model.generate, lambda **kw: kw["input_ids"].shape[0])
     prompts = [f"Q: What is {i} + 1?\nA:" for i in range(5)]
-    gens = generate(model, tok, prompts, batch_size=8, max_new_tokens=3)
+    gens = generate(model, tok, prompts, batch_size=8, max_new_tokens=3, prefix_attention=prefix_attention)
     assert len(gens) == 5 and all(g is not None for g in gens)
     assert sizes[:3] == [5, 4, 2] and max(sizes[2:]) <= 2
     assert "batch size lowered to 2" in capsys.readouterr().err

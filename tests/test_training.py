@@ -14,6 +14,7 @@ from star_lite.tasks import load_task
 from trl import SFTTrainer
 
 from star_lite import training
+from star_lite.trainers import args as trainer_args
 from star_lite.training import train_adapter, uses_bf16_autocast
 
 from conftest import tiny_config_dict
@@ -194,9 +195,9 @@ def test_the_bfloat16_probe_and_the_auto_autocast_follow_this_cpu(tiny_model_dir
 
 def test_bf16_autocast_is_automatic_only_where_the_cpu_computes_bfloat16(monkeypatch):
     for native in (True, False):
-        monkeypatch.setattr(training, "native_bfloat16", lambda device, native=native: native)
+        monkeypatch.setattr(trainer_args, "native_bfloat16", lambda device, native=native: native)
         assert uses_bf16_autocast("auto", "cpu", torch.float32) is native
-    monkeypatch.setattr(training, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(trainer_args, "native_bfloat16", lambda device: True)
     assert not uses_bf16_autocast("auto", "cpu", torch.float16)  # a base already in half precision stays as is
     assert uses_bf16_autocast("auto", "cuda", torch.bfloat16) and not uses_bf16_autocast("auto", "cuda", torch.float32)
 
