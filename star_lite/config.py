@@ -29,15 +29,30 @@ class ConfigError(ValueError):
     """A config value or key that cannot be used; the message names the field and the fix."""
 
 
+def at_least(default: Any, minimum: Any) -> Any:
+    """A config field whose value must be at least ``minimum``; ``validate`` checks it and names the field."""
+    return field(default=default, metadata={"range": (minimum, None)})
+
+
+def between(default: Any, low: Any, high: Any) -> Any:
+    """A config field whose value must lie in [``low``, ``high``]."""
+    return field(default=default, metadata={"range": (low, high)})
+
+
+def one_of(default: str, *others: str) -> Any:
+    """A config field that takes ``default`` or one of ``others``."""
+    return field(default=default, metadata={"choices": frozenset((default, *others))})
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"  # embedded model, a Hub id, or a local directory
     load_in_4bit: bool = True  # bitsandbytes NF4 with double quantization
-    compute_dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
-    device: str = "auto"  # auto: cuda if available, else cpu
-    lora_r: int = 16
+    compute_dtype: str = one_of("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 on GPU, float32 on CPU
+    device: str = one_of("auto", "cpu", "cuda")  # auto: cuda if available, else cpu
+    lora_r: int = at_least(16, 1)
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = between(0.05, 0.0, 1.0)
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -46,67 +61,74 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "arithmetic"  # a built-in task, or "package.module:ClassName"
-    num_train: int = 256  # training problems STaR writes rationales for (0 = all)
-    num_test: int = 100  # held-out problems for evaluation (0 = all)
-    num_validation: int = 0  # > 0: also evaluate every iteration on this many validation problems (what stopping looks at)
-    num_few_shot: int = 8  # worked examples in the prompt (paper: 7-10)
+    num_train: int = at_least(256, 0)  # training problems STaR writes rationales for (0 = all)
+    num_test: int = at_least(100, 0)  # held-out problems for evaluation (0 = all)
+    num_validation: int = at_least(0, 0)  # > 0: also evaluate every iteration on this many validation problems (what
+    #   stopping looks at)
+    num_few_shot: int = at_least(8, 0)  # worked examples in the prompt (paper: 7-10)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the task's constructor
     split_seed: int | None = None  # seed that draws the problems; None = run.seed (compare fixes it across seeds)
 
 
 @dataclass
 class SamplingConfig:
-    batch_size: int = 16
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy, as in the STaR paper (sampling gave worse models)
-    top_p: float = 1.0
+    batch_size: int = at_least(16, 1)
+    max_new_tokens: int = at_least(64, 1)
+    temperature: float = at_least(0.0, 0.0)  # 0 = greedy, as in the STaR paper (sampling gave worse models)
+    top_p: float = between(1.0, 0.0, 1.0)
     few_shot_after_training: bool = False  # trained adapters see the bare question, as in their training data
-    backend: str = "hf"  # hf: transformers (everywhere); vllm: a vLLM engine (GPU; pip install star-lite[vllm])
+    backend: str = one_of("hf", "vllm")  # hf: transformers (everywhere); vllm: a vLLM engine (GPU; pip install
+    #   star-lite[vllm])
     # hf: "shared" keeps the few-shot prefix's keys and values once for the batch, in star_lite's own decode
     # loop; "copied" copies them into every row for transformers' generate. Greedy: the same tokens;
     # temperature: the same distribution (generate's warpers), another random stream (tested)
-    prefix_attention: str = "auto"  # auto: shared
+    prefix_attention: str = one_of("auto", "copied", "shared")  # auto: shared
     vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 
 
 @dataclass
 class StarConfig:
-    iterations: int = 3
+    iterations: int = at_least(3, 0)
     rationalization: bool = True  # retry wrong problems with the gold answer as a hint
     stop_on_empty: bool = True  # stop the run when an iteration keeps no rationale
-    samples_per_problem: int = 1  # STaR: 1 greedy rationale; ReST-EM samples many at temperature
-    max_kept_per_problem: int = 0  # 0 = no cap; ReST-EM keeps at most 10 per problem
+    samples_per_problem: int = at_least(1, 1)  # STaR: 1 greedy rationale; ReST-EM samples many at temperature
+    max_kept_per_problem: int = at_least(0, 0)  # 0 = no cap; ReST-EM keeps at most 10 per problem
     stop_when_validation_stops_rising: bool = False  # paper step 6; needs task.num_validation > 0, never looks at test
     adaptive_sampling: bool = False  # AdaSTaR: sample a prioritized share of the problems (adastar section)
 
 
 @dataclass
 class TrainConfig:
-    start_steps: int = 40  # paper: 40 steps in the first iteration
-    step_growth: float = 1.2  # paper: +20% per iteration
-    epochs: float = 0.0  # > 0: at least this many passes over the kept examples (never fewer steps than the schedule)
-    learning_rate: float = 2e-4  # paper's 1e-6 is for a full fine-tune; LoRA needs more
-    warmup_steps: int = 5  # paper: 100, scaled to the short LoRA schedules
-    batch_size: int = 8  # paper: 8 sequences
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1.3x slower (TRL's default is on)
+    start_steps: int = at_least(40, 1)  # paper: 40 steps in the first iteration
+    step_growth: float = at_least(1.2, 1.0)  # paper: +20% per iteration
+    epochs: float = at_least(0.0, 0.0)  # > 0: at least this many passes over the kept examples (never fewer steps than
+    #   the schedule)
+    learning_rate: float = at_least(2e-4, 0.0)  # paper's 1e-6 is for a full fine-tune; LoRA needs more
+    warmup_steps: int = at_least(5, 0)  # paper: 100, scaled to the short LoRA schedules
+    batch_size: int = at_least(8, 1)  # paper: 8 sequences
+    gradient_accumulation_steps: int = at_least(1, 1)
+    max_length: int = at_least(512, 8)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1.3x slower (TRL's default
+    #   is on)
     # CPU: bfloat16 autocast where the CPU multiplies bfloat16 natively (AVX512-BF16, AMX); LoRA weights and
     # optimizer state stay float32. GPU: as model.compute_dtype says. (docs/speed.md, with accuracy)
-    autocast: str = "auto"  # auto | bfloat16 | off
+    autocast: str = one_of("auto", "bfloat16", "off")  # auto | bfloat16 | off
     # which LM head computes the loss: "completion" projects only the positions the loss scores (transformers'
     # logits_to_keep), "trl" is TRL's chunked fused head, which also logs entropy and token accuracy
-    lm_head: str = "auto"  # auto: completion on CPU, trl on GPU (Triton kernels; never builds the full logits)
+    lm_head: str = one_of("auto", "completion", "trl")  # auto: completion on CPU, trl on GPU (Triton kernels; never
+    #   builds the full logits)
     padding_free: bool = True  # one row per batch, no padding tokens (TRL padding_free); same loss (docs/speed.md)
     # how a padding-free row attends: "segments" runs attention example by example (cost: each example's
     # length squared), "mask" over the whole row with a block mask (the row's length squared); same result
-    packed_attention: str = "auto"  # auto: segments with padding_free under SDPA/eager attention
+    packed_attention: str = one_of("auto", "mask", "segments")  # auto: segments with padding_free under SDPA/eager
+    #   attention
     # under bfloat16 autocast, frozen float32 base weights as a bfloat16 copy for the training (cast once,
     # not at every matmul; bit-identical; costs half the float32 weights' memory while training)
-    frozen_weights: str = "auto"  # auto: bfloat16 when training autocasts to bfloat16 | as_loaded
+    frozen_weights: str = one_of("auto", "as_loaded", "bfloat16")  # auto: bfloat16 when training autocasts to bfloat16
+    #   | as_loaded
     # LoRA dropout: "fast" draws only the dropped positions (geometric gaps; 16-bit integers above p = 0.25),
     # "torch" is nn.Dropout (one Bernoulli draw per element)
-    dropout: str = "auto"  # auto: fast on CPU (about 2x cheaper there), torch on GPU
+    dropout: str = one_of("auto", "fast", "torch")  # auto: fast on CPU (about 2x cheaper there), torch on GPU
     weight_decay: float = 0.0
     logging_steps: int = 10
     report_to: str = "none"  # any of TRL/transformers' report_to values: tensorboard, trackio, wandb
@@ -114,68 +136,74 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 32
-    max_new_tokens: int = 64
-    pass_k: int = 0  # > 0: also pass@k and majority-vote@k from k samples per problem
-    k_temperature: float = 1.0  # ReST-EM's pass@k setting: T=1.0, top-p 0.95
-    k_top_p: float = 0.95
+    batch_size: int = at_least(32, 1)
+    max_new_tokens: int = at_least(64, 1)
+    pass_k: int = at_least(0, 0)  # > 0: also pass@k and majority-vote@k from k samples per problem
+    k_temperature: float = at_least(1.0, 0.0)  # ReST-EM's pass@k setting: T=1.0, top-p 0.95
+    k_top_p: float = between(0.95, 0.0, 1.0)
 
 
 @dataclass
 class RestEMConfig:
-    samples_per_problem: int = 8  # paper: 32 (MATH), 64 (APPS); fewer fit a small GPU
-    temperature: float = 0.7  # paper's E-step temperature
-    max_kept_per_problem: int = 10  # paper: at most 10 correct solutions per problem
+    samples_per_problem: int = at_least(8, 1)  # paper: 32 (MATH), 64 (APPS); fewer fit a small GPU
+    temperature: float = at_least(0.7, 0.0)  # paper's E-step temperature
+    max_kept_per_problem: int = at_least(10, 0)  # paper: at most 10 correct solutions per problem
     # M-step length: at least this many passes over the kept set (the paper fine-tunes on the whole
     # E-step set), and never fewer steps than STaR's schedule, so a small kept set is not trained
     # for a handful of steps (measured: 27 kept examples, 4 steps, accuracy below the base) and
     # k samples per problem never mean k times fewer passes per example.
-    epochs: float = 1.0
+    epochs: float = at_least(1.0, 0.0)
 
 
 @dataclass
 class RLConfig:
     # --- self-motivated learning: rationales conditioned on the gold answer and on wrong ones
-    wrong_answers_per_problem: int = 2  # wrong answers to write a rationale for, per question: 2 gives each
-    #   question two right-over-wrong pairs at 3 rationales' cost, and leaves one candidate to spare when
+    wrong_answers_per_problem: int = at_least(2, 1)  # wrong answers to write a rationale for, per question: 2 gives
+    #   each question two right-over-wrong pairs at 3 rationales' cost, and leaves one candidate to spare when
     #   a rationale is dropped for leaking its hint; CommonsenseQA has 4 wrong choices, arithmetic 8 slips
-    samples_per_problem: int = 4  # free samples per question, only for tasks with no wrong_answers (GSM8K,
+    samples_per_problem: int = at_least(4, 1)  # free samples per question, only for tasks with no wrong_answers (GSM8K,
     #   user tasks): the model's own wrong answers among them become the wrong candidates
-    temperature: float = 0.7  # of the free samples and the answer-conditioned rationales
-    reward_model_init: str = "sft"  # sft: the reward model starts from the SFT adapter's weights (as InstructGPT
-    #   and the paper's RLHF recipe do): it already reads the task's rationales, so a few hundred pairs go
+    temperature: float = at_least(0.7, 0.0)  # of the free samples and the answer-conditioned rationales
+    reward_model_init: str = one_of("sft", "base")  # sft: the reward model starts from the SFT adapter's weights (as
+    #   InstructGPT and the paper's RLHF recipe do): it already reads the task's rationales, so a few hundred pairs go
     #   further than from the base; base: a fresh adapter on the base model
-    reward_steps: int = 40  # reward model (RewardTrainer) steps
+    reward_steps: int = at_least(40, 1)  # reward model (RewardTrainer) steps
     reward_learning_rate: float = 1e-4
-    reward_batch_size: int = 8
-    heldout_fraction: float = 0.2  # questions whose pairs measure the reward model's pairwise accuracy
-    center_rewards_coefficient: float = 0.01  # RewardTrainer's auxiliary loss pulling scores towards 0 (TRL's
-    #   documented value, from Eisenstein et al. 2023); RL also standardises the scores (make_reward)
+    reward_batch_size: int = at_least(8, 1)
+    heldout_fraction: float = between(0.2, 0.0, 0.9)  # questions whose pairs measure the reward model's pairwise
+    #   accuracy
+    center_rewards_coefficient: float = at_least(0.01, 0.0)  # RewardTrainer's auxiliary loss pulling scores towards 0
+    #   (TRL's documented value, from Eisenstein et al. 2023); RL also standardises the scores (make_reward)
     # --- RL (GRPOTrainer): self-motivated from the SFT adapter, grpo from rl.grpo_init
-    steps: int = 0  # at most this many RL steps; 0 = until run.budget_tokens / budget_seconds is spent
+    steps: int = at_least(0, 0)  # at most this many RL steps; 0 = until run.budget_tokens / budget_seconds is spent
     learning_rate: float = 1e-5
-    num_generations: int = 8  # completions per prompt (GRPO's group; TRL's default): a group of 4 from a
+    num_generations: int = at_least(8, 2)  # completions per prompt (GRPO's group; TRL's default): a group of 4 from a
     #   model right 15% of the time is all wrong half the time (zero advantage, no gradient)
-    batch_size: int = 16  # completions per step; a multiple of num_generations
+    batch_size: int = at_least(16, 2)  # completions per step; a multiple of num_generations
     generation_temperature: float = 1.0
-    loss_type: str = "dapo"  # TRL's default: token-level normalisation (DAPO); grpo | dr_grpo | bnpo also
-    scale_rewards: str = "group"  # TRL's default: advantages divided by the group's sd; none = Dr. GRPO; batch
-    epsilon: float = 0.2  # PPO-style clip range (TRL's default)
-    epsilon_high: float = 0.0  # upper clip; 0 = epsilon (TRL's default); DAPO's clip-higher uses 0.28
+    loss_type: str = one_of("dapo", "bnpo", "dr_grpo", "grpo")  # TRL's default: token-level normalisation (DAPO); grpo
+    #   | dr_grpo | bnpo also
+    scale_rewards: str = one_of("group", "batch", "none")  # TRL's default: advantages divided by the group's sd; none =
+    #   Dr. GRPO; batch
+    epsilon: float = at_least(0.2, 0.0)  # PPO-style clip range (TRL's default)
+    epsilon_high: float = at_least(0.0, 0.0)  # upper clip; 0 = epsilon (TRL's default); DAPO's clip-higher uses 0.28
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and draw new prompts in their
     #   place, so a step trains on informative groups; the dropped rollouts count against the budget
-    dynamic_sampling_max_rounds: int = 4  # redraws per step before training on what it has
-    rollout_sampler: str = "auto"  # who writes GRPO's rollouts: star_lite (its sampler: rows leave the batch as
-    #   they stop, a shared prefix computed once) or trl (TRL's generate); auto = star_lite where it samples
+    dynamic_sampling_max_rounds: int = at_least(4, 0)  # redraws per step before training on what it has
+    rollout_sampler: str = one_of("auto", "star_lite", "trl")  # who writes GRPO's rollouts: star_lite (its sampler:
+    #   rows leave the batch as they stop, a shared prefix computed once) or trl (TRL's generate); auto = star_lite
+    #   where it samples
     #   TRL's distribution (one process, no vLLM, no min_p or repetition penalty), else trl
-    grpo_init: str = "sft"  # method grpo starts from: sft = an adapter trained on the base's own right
+    grpo_init: str = one_of("sft", "base")  # method grpo starts from: sft = an adapter trained on the base's own right
     #   rationales (one STaR iteration without rationalization), as DeepSeekMath starts GRPO from an SFT model;
     #   base = a fresh adapter on the base model (measured: right 15% of the time at T=1, most groups flat)
-    max_completion_length: int = 0  # 0 = sampling.max_new_tokens: rollouts get the room the task's rationales get
-    beta: float = 0.04  # KL penalty to the starting policy (self-motivated and grpo: their SFT adapter),
+    max_completion_length: int = at_least(0, 0)  # 0 = sampling.max_new_tokens: rollouts get the room the task's
+    #   rationales get
+    beta: float = at_least(0.04, 0.0)  # KL penalty to the starting policy (self-motivated and grpo: their SFT adapter),
     #   TRL's former default: guards against reward hacking of an imperfect reward model
-    reward_model_weight: float = 1.0  # self-motivated reward = w_rm * reward model + w_task * correctness
-    correctness_weight: float = 1.0  # the grader beside the reward model, so a hacked reward model score
+    reward_model_weight: float = at_least(1.0, 0.0)  # self-motivated reward = w_rm * reward model + w_task *
+    #   correctness
+    correctness_weight: float = at_least(1.0, 0.0)  # the grader beside the reward model, so a hacked reward model score
     #   cannot outweigh a wrong answer
     trl_options: dict[str, Any] = field(default_factory=dict)  # passed to TRL's GRPOConfig, e.g. use_vllm: true
 
@@ -183,20 +211,24 @@ class RLConfig:
 @dataclass
 class IterativeDPOConfig:
     # iterative DPO on the model's own pairs (method dpo): sample, SFT on the right ones, DPO right-over-wrong
-    samples_per_problem: int = 4  # rationales per problem per iteration, so a question can get right and wrong
-    temperature: float = 0.7  # of those samples (greedy gives one rationale, so no pair)
-    max_pairs_per_problem: int = 4  # right-over-wrong pairs per question
-    policy_init: str = "sft"  # sft: DPO continues the SFT adapter (the reference); base: a fresh adapter from the base
-    pairs_from: str = "policy"  # policy: the SFT adapter DPO starts from samples the pairs (Iterative RPO samples
-    #   from the current policy; pairs from the model before SFT hold rationales SFT already made near-certain);
+    samples_per_problem: int = at_least(4, 1)  # rationales per problem per iteration, so a question can get right and
+    #   wrong
+    temperature: float = at_least(0.7, 0.0)  # of those samples (greedy gives one rationale, so no pair)
+    max_pairs_per_problem: int = at_least(4, 1)  # right-over-wrong pairs per question
+    policy_init: str = one_of("sft", "base")  # sft: DPO continues the SFT adapter (the reference); base: a fresh
+    #   adapter from the base
+    pairs_from: str = one_of("policy", "previous")  # policy: the SFT adapter DPO starts from samples the pairs
+    #   (Iterative RPO samples from the current policy; pairs from the model before SFT hold rationales SFT already made
+    #   near-certain);
     #   previous: the pairs come from the samples SFT trained on (no second sampling)
-    epochs: float = 3.0  # DPO passes over the pairs (transformers' default num_train_epochs): steps follow the
-    #   number of pairs, so 6 pairs are not trained for 20 steps nor 500 for 20
-    steps: int = 0  # at most this many DPOTrainer steps per iteration (0 = no cap)
-    learning_rate: float = 5e-5
-    batch_size: int = 8  # pairs per step
-    beta: float = 0.1  # DPO's KL strength (TRL's default)
-    nll_weight: float = 0.0  # > 0: add NLL on the chosen rationale with this weight (Iterative RPO, 2404.19733: 1.0)
+    epochs: float = at_least(3.0, 0.0)  # DPO passes over the pairs (transformers' default num_train_epochs): steps
+    #   follow the number of pairs, so 6 pairs are not trained for 20 steps nor 500 for 20
+    steps: int = at_least(0, 0)  # at most this many DPOTrainer steps per iteration (0 = no cap)
+    learning_rate: float = at_least(5e-5, 0.0)
+    batch_size: int = at_least(8, 1)  # pairs per step
+    beta: float = at_least(0.1, 0.0)  # DPO's KL strength (TRL's default)
+    nll_weight: float = at_least(0.0, 0.0)  # > 0: add NLL on the chosen rationale with this weight (Iterative RPO,
+    #   2404.19733: 1.0)
     evaluate_sft: bool = True  # also evaluate the SFT adapter DPO starts from (sft_accuracy, sft_eval.jsonl), so the
     #   row shows what DPO itself changed; evaluation is outside the budget
 
@@ -205,21 +237,22 @@ class IterativeDPOConfig:
 class VStarConfig:
     # V-STaR (Hosseini et al. 2024): STaR's generator sampling many at temperature, a DPO verifier on
     # all its right and wrong samples across iterations, best-of-k by the verifier at test time
-    samples_per_problem: int = 4  # generator samples per training problem per iteration (paper: 16)
-    temperature: float = 0.7  # of the generator's samples (paper: 0.7)
-    k: int = 8  # test-time candidates per problem: greedy, majority@k and verifier best-of-k on the same k
-    max_pairs_per_problem: int = 8  # verifier pairs per question, over all iterations
-    epochs: float = 3.0  # verifier DPO passes over its pairs (transformers' default num_train_epochs)
-    steps: int = 0  # at most this many verifier DPOTrainer steps (0 = no cap)
-    learning_rate: float = 5e-5
-    batch_size: int = 8
-    beta: float = 0.1  # DPO's beta; the verifier's score is beta * log(pi_verifier / pi_reference)
+    samples_per_problem: int = at_least(4, 2)  # generator samples per training problem per iteration (paper: 16)
+    temperature: float = at_least(0.7, 0.0)  # of the generator's samples (paper: 0.7)
+    k: int = at_least(8, 1)  # test-time candidates per problem: greedy, majority@k and verifier best-of-k on the same k
+    max_pairs_per_problem: int = at_least(8, 1)  # verifier pairs per question, over all iterations
+    epochs: float = at_least(3.0, 0.0)  # verifier DPO passes over its pairs (transformers' default num_train_epochs)
+    steps: int = at_least(0, 0)  # at most this many verifier DPOTrainer steps (0 = no cap)
+    learning_rate: float = at_least(5e-5, 0.0)
+    batch_size: int = at_least(8, 1)
+    beta: float = at_least(0.1, 0.0)  # DPO's beta; the verifier's score is beta * log(pi_verifier / pi_reference)
 
 
 @dataclass
 class AdaSTaRConfig:
     # AdaSTaR (Koh et al. 2025): each iteration samples only a prioritized share of the problems
-    sample_fraction: float = 0.5  # share of the training problems sampled per iteration (1.0 = all, as STaR)
+    sample_fraction: float = between(0.5, 0.0, 1.0)  # share of the training problems sampled per iteration (1.0 = all,
+    #   as STaR)
     curriculum: bool = True  # mix in easy problems when training accuracy is low (the paper's alpha^2 rule)
 
 
@@ -227,7 +260,8 @@ class AdaSTaRConfig:
 class CompareConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     output_dir: str = "runs/compare"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every method once per seed; one seed cannot show spread
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every method once per seed; one seed cannot show
+    #   spread
     resample_split: bool = False  # false: every seed sees the same problems, so methods pair problem by problem
     reference: str = "sft-direct"  # paired differences are method minus this (STaR's direct baseline)
     # per method, a grid of its own knobs: {method: {section.key: [values]}}; every point runs at the same budget
@@ -242,12 +276,14 @@ class RunConfig:
     seed: int = 0
     # Checked after every sampling batch: an iteration that reaches it stops sampling (overshoot at most
     # one batch), trains on what it kept, is evaluated, and is the last one (0 = no limit).
-    budget_tokens: int = 0
-    budget_seconds: float = 0.0  # likewise for wall seconds; the cut iteration's training and eval still run
-    budget_axis: str = "generated"  # what budget_tokens counts: generated tokens, or all = generated + trained on
+    budget_tokens: int = at_least(0, 0)
+    budget_seconds: float = at_least(0.0, 0.0)  # likewise for wall seconds; the cut iteration's training and eval still
+    #   run
+    budget_axis: str = one_of("generated", "all")  # what budget_tokens counts: generated tokens, or all = generated +
+    #   trained on
     # torch threads on a CPU: 0 = auto (OMP_NUM_THREADS when set, else the usable cores shared among the
     # star_lite processes running on this machine, so seeds run side by side do not oversubscribe them)
-    threads: int = 0
+    threads: int = at_least(0, 0)
 
 
 @dataclass
@@ -300,98 +336,6 @@ RESUMABLE_KEYS = {
     "compare.reference",
     "compare.tune",  # which grid points exist; each point's run holds its own values
 }
-
-_RANGES = {  # field -> (minimum, maximum or None)
-    "task.num_train": (0, None),
-    "task.num_test": (0, None),
-    "task.num_validation": (0, None),
-    "task.num_few_shot": (0, None),
-    "sampling.batch_size": (1, None),
-    "sampling.max_new_tokens": (1, None),
-    "sampling.temperature": (0.0, None),
-    "sampling.top_p": (0.0, 1.0),
-    "star.iterations": (0, None),
-    "star.samples_per_problem": (1, None),
-    "star.max_kept_per_problem": (0, None),
-    "run.budget_tokens": (0, None),
-    "run.budget_seconds": (0.0, None),
-    "run.threads": (0, None),
-    "train.start_steps": (1, None),
-    "train.step_growth": (1.0, None),
-    "train.epochs": (0.0, None),
-    "rest_em.epochs": (0.0, None),
-    "train.learning_rate": (0.0, None),
-    "train.warmup_steps": (0, None),
-    "train.batch_size": (1, None),
-    "train.gradient_accumulation_steps": (1, None),
-    "train.max_length": (8, None),
-    "eval.batch_size": (1, None),
-    "eval.max_new_tokens": (1, None),
-    "eval.pass_k": (0, None),
-    "eval.k_temperature": (0.0, None),
-    "eval.k_top_p": (0.0, 1.0),
-    "model.lora_r": (1, None),
-    "rest_em.samples_per_problem": (1, None),
-    "rest_em.temperature": (0.0, None),
-    "rest_em.max_kept_per_problem": (0, None),
-    "rl.wrong_answers_per_problem": (1, None),
-    "rl.samples_per_problem": (1, None),
-    "rl.temperature": (0.0, None),
-    "rl.reward_steps": (1, None),
-    "rl.reward_batch_size": (1, None),
-    "rl.heldout_fraction": (0.0, 0.9),
-    "rl.steps": (0, None),
-    "rl.epsilon": (0.0, None),
-    "rl.epsilon_high": (0.0, None),
-    "rl.dynamic_sampling_max_rounds": (0, None),
-    "rl.center_rewards_coefficient": (0.0, None),
-    "rl.num_generations": (2, None),
-    "rl.batch_size": (2, None),
-    "rl.max_completion_length": (0, None),
-    "rl.beta": (0.0, None),
-    "rl.reward_model_weight": (0.0, None),
-    "rl.correctness_weight": (0.0, None),
-    "model.lora_dropout": (0.0, 1.0),
-    "dpo.samples_per_problem": (1, None),
-    "dpo.temperature": (0.0, None),
-    "dpo.max_pairs_per_problem": (1, None),
-    "dpo.steps": (0, None),
-    "dpo.epochs": (0.0, None),
-    "v_star.epochs": (0.0, None),
-    "dpo.learning_rate": (0.0, None),
-    "dpo.batch_size": (1, None),
-    "dpo.beta": (0.0, None),
-    "dpo.nll_weight": (0.0, None),
-    "v_star.samples_per_problem": (2, None),
-    "v_star.temperature": (0.0, None),
-    "v_star.k": (1, None),
-    "v_star.max_pairs_per_problem": (1, None),
-    "v_star.steps": (0, None),
-    "v_star.learning_rate": (0.0, None),
-    "v_star.batch_size": (1, None),
-    "v_star.beta": (0.0, None),
-    "adastar.sample_fraction": (0.0, 1.0),
-}
-_CHOICES = {
-    "model.compute_dtype": {"auto", "float32", "bfloat16", "float16"},
-    "model.device": {"auto", "cpu", "cuda"},
-    "sampling.backend": {"hf", "vllm"},
-    "train.autocast": {"auto", "bfloat16", "off"},
-    "train.lm_head": {"auto", "completion", "trl"},
-    "train.packed_attention": {"auto", "segments", "mask"},
-    "sampling.prefix_attention": {"auto", "shared", "copied"},
-    "train.frozen_weights": {"auto", "bfloat16", "as_loaded"},
-    "train.dropout": {"auto", "fast", "torch"},
-    "rl.reward_model_init": {"base", "sft"},
-    "dpo.policy_init": {"base", "sft"},
-    "dpo.pairs_from": {"policy", "previous"},
-    "rl.grpo_init": {"base", "sft"},
-    "rl.rollout_sampler": {"auto", "star_lite", "trl"},
-    "rl.loss_type": {"grpo", "dr_grpo", "dapo", "bnpo"},
-    "rl.scale_rewards": {"group", "batch", "none"},
-    "run.budget_axis": {"generated", "all"},
-}
-
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -463,14 +407,24 @@ def _build_section(cls: type, data: dict[str, Any], section: str) -> Any:
     return cls(**kwargs)
 
 
+def _field_checks(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
+    """Every field with a range or a set of choices (``at_least``, ``between``, ``one_of``), as dotted names."""
+    return [(f"{section.name}.{f.name}", dict(f.metadata)) for section in dataclasses.fields(cfg)
+            for f in dataclasses.fields(getattr(cfg, section.name)) if f.metadata]
+
+
 def validate(cfg: Config) -> Config:
     """Check ranges and choices; raise ConfigError naming the field."""
-    for dotted, (lo, hi) in _RANGES.items():
+    for dotted, spec in _field_checks(cfg):
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
-        if value < lo or (hi is not None and value > hi):
-            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-            raise ConfigError(f"{dotted}: must be {bound}, got {value!r}")
+        if "range" in spec:
+            lo, hi = spec["range"]
+            if value < lo or (hi is not None and value > hi):
+                bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+                raise ConfigError(f"{dotted}: must be {bound}, got {value!r}")
+        if "choices" in spec and value not in spec["choices"]:
+            raise ConfigError(f"{dotted}: must be one of {sorted(spec['choices'])}, got {value!r}")
     if cfg.rl.batch_size % cfg.rl.num_generations:
         raise ConfigError(f"rl.batch_size ({cfg.rl.batch_size}) must be a multiple of rl.num_generations "
                           f"({cfg.rl.num_generations}): GRPO scores each prompt's completions as a group")
@@ -493,11 +447,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"compare.seeds: list one or more different seeds, e.g. [0, 1, 2]; got {cfg.compare.seeds}")
     if cfg.compare.reference not in METHODS:
         raise ConfigError(f"compare.reference: unknown method {cfg.compare.reference!r}; choose from {', '.join(METHODS)}")
-    for dotted, choices in _CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value not in choices:
-            raise ConfigError(f"{dotted}: must be one of {sorted(choices)}, got {value!r}")
     check_tune(cfg)
     tp = cfg.sampling.vllm_options.get("tensor_parallel_size", 1)
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:

@@ -67,6 +67,37 @@ def test_bad_configs_name_the_field(data, overrides, message):
         from_dict(data, overrides)
 
 
+def _checked_fields():
+    import dataclasses
+
+    from star_lite.config import Config
+
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            if f.metadata:
+                yield f"{section.name}.{f.name}", f
+
+
+def test_every_range_and_choice_sits_beside_its_field_and_is_checked():
+    """Each ``at_least`` / ``between`` / ``one_of`` field: a value outside it is refused, naming the field; its
+    own default passes. A new field with a range needs nothing else to be checked."""
+    checked = dict(_checked_fields())
+    assert {"sampling.top_p", "rl.num_generations", "rl.rollout_sampler", "run.budget_axis"} <= set(checked)
+    for dotted, f in checked.items():
+        section, key = dotted.split(".")
+        cfg = from_dict({})
+        if "choices" in f.metadata:
+            bad = "no-such-choice"
+            message = rf"{dotted}: must be one of"
+        else:
+            lo, hi = f.metadata["range"]
+            bad = hi * 2 + 1 if hi is not None else lo - 1
+            message = rf"{dotted}: must be (at least|between)"
+        with pytest.raises(ConfigError, match=message):
+            from_dict({section: {key: bad}})
+        assert getattr(getattr(cfg, section), key) == f.default
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")
