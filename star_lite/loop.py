@@ -31,13 +31,13 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import distributed, phases
+from .budget import Budget, BudgetExhausted, budget_spent
 from .config import Config
 from .evaluation import evaluate_into
 from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
@@ -99,38 +99,6 @@ def load_validation(cfg: Config, task: Task, train: list[Problem], test: list[Pr
     return problems
 
 
-class BudgetExhausted(Exception):
-    """Raised after the sampling batch that spent run.budget_tokens or run.budget_seconds."""
-
-
-@dataclass
-class Budget:
-    """run.budget_tokens / run.budget_seconds, charged after every sampling batch of an iteration."""
-
-    max_tokens: int = 0  # 0 = no limit
-    max_seconds: float = 0.0
-    tokens: int = 0  # generated so far: finished iterations plus this one's batches
-    seconds_before: float = 0.0  # wall seconds of the finished iterations
-    started: float = field(default_factory=time.time)  # when this iteration began
-    cut: str | None = None  # set when sampling stopped for the budget
-
-    @classmethod
-    def for_iteration(cls, rows: list[dict[str, Any]], cfg: Config, cache: Path, started: float) -> "Budget":
-        # samples an interrupted attempt saved were paid for: they count, as they are reused
-        cached = sum(r.get("tokens", 0) for r in read_jsonl(cache))
-        return cls(cfg.run.budget_tokens, cfg.run.budget_seconds, tokens=spent_tokens(rows, cfg) + cached,
-                   seconds_before=sum(r.get("seconds", 0.0) for r in rows), started=started)
-
-    def spent(self) -> str | None:
-        """A description of the exhausted budget, or None."""
-        if self.max_tokens and self.tokens >= self.max_tokens:
-            return f"{self.tokens} generated tokens of {self.max_tokens}"
-        seconds = self.seconds_before + time.time() - self.started
-        if self.max_seconds and seconds >= self.max_seconds:
-            return f"{seconds:.0f}s of {self.max_seconds:.0f}s"
-        return None
-
-
 @phases.timed("sampling")
 def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
                       hint: bool, few_shot: bool, cache: Path, num_samples: int = 1,
@@ -167,11 +135,8 @@ def sample_rationales(model, tokenizer, task: Task, problems: list[Problem], cfg
         append_jsonl(cache, rows)
         fault_point("samples_saved")
         done.update(((r["id"], r["sample"]), r) for r in rows)
-        if budget is not None:
-            budget.tokens += sum(r["tokens"] for r in rows)
-            budget.cut = budget.spent()
-            if budget.cut:
-                raise BudgetExhausted(budget.cut)
+        if budget is not None and budget.charge(sum(r["tokens"] for r in rows)):
+            raise BudgetExhausted(budget.cut)
 
     if todo and budget is not None:
         budget.cut = budget.spent()
@@ -212,19 +177,6 @@ def keep_examples(task: Task, problems: list[Problem], samples: list[dict[str, A
     return kept
 
 
-def spent_tokens(rows: list[dict[str, Any]], cfg: Config) -> int:
-    """What the finished stages spent of run.budget_tokens: generated tokens, and with
-    ``run.budget_axis: all`` also the tokens trained on (the comparison's cost axis).
-
-    >>> from star_lite.config import from_dict
-    >>> rows = [{"generated_tokens": 10, "trained_tokens": 100}, {"generated_tokens": 5}]
-    >>> spent_tokens(rows, from_dict({})), spent_tokens(rows, from_dict({"run": {"budget_axis": "all"}}))
-    (15, 115)
-    """
-    trained = cfg.run.budget_axis == "all"
-    return sum(r.get("generated_tokens", 0) + (r.get("trained_tokens", 0) or 0) * trained for r in rows)
-
-
 def false_positive_summary(task: Task, problems: list[Problem], kept: list[dict[str, Any]]) -> dict[str, Any]:
     """How many kept (right-answer) rationales reach it through a step that does not hold, and their share;
     {} for a task that cannot check steps (``Task.steps_are_right`` None)."""
@@ -234,12 +186,6 @@ def false_positive_summary(task: Task, problems: list[Problem], kept: list[dict[
         return {}
     wrong = sum(c is False for c in checked)
     return {"num_false_positive": wrong, "false_positive_share": wrong / len(kept)}
-
-
-def budget_spent(rows: list[dict[str, Any]], cfg: Config) -> str | None:
-    """A description of the exhausted budget (run.budget_tokens / run.budget_seconds), or None."""
-    return Budget(cfg.run.budget_tokens, cfg.run.budget_seconds, tokens=spent_tokens(rows, cfg),
-                  seconds_before=sum(r.get("seconds", 0.0) for r in rows)).spent()
 
 
 def validation_stalled(rows: list[dict[str, Any]]) -> str | None:

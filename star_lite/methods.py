@@ -28,8 +28,9 @@ from typing import Any
 from . import distributed, phases
 from .config import Config
 from .evaluation import evaluate_into, majority_correct, score
-from .loop import (Budget, budget_spent, build_task, clear_unfinished, keep_examples, log, peak_memory_mb,
-                   run as run_star, sample_rationales, spent_tokens, start_run)
+from .budget import Budget, budget_spent
+from .loop import (build_task, clear_unfinished, keep_examples, log, peak_memory_mb, run as run_star,
+                   sample_rationales, start_run)
 from .models import detach_adapter, fresh_adapter, load_adapter, load_base_model, load_tokenizer
 from .rundir import RunDir, read_jsonl, write_jsonl
 from .sampling import generator
@@ -102,13 +103,6 @@ def run_method(cfg: Config, method: str, run_name: str | None = None) -> list[di
         if changed:
             log(f"{method}: continuing with changed settings: {', '.join(changed)}")
         return runner(mcfg) if runner else run_star(mcfg)
-
-
-def _seconds_left(rundir: RunDir, cfg: Config) -> float:
-    """What remains of run.budget_seconds (0 = no limit; at least a second when one is set)."""
-    if not cfg.run.budget_seconds:
-        return 0.0
-    return max(1.0, cfg.run.budget_seconds - sum(r.get("seconds", 0.0) for r in rundir.metrics()))
 
 
 def stopped_for_budget(rundir: RunDir, cfg: Config, where: str) -> bool:
@@ -292,11 +286,8 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
                          reward_model_weight=cfg.rl.reward_model_weight, reward_model_scale=scale,
                          correctness_weight=cfg.rl.correctness_weight, counter=counter,
                          num_generations=cfg.rl.num_generations, rollouts=rl_dir / "rollouts.jsonl")
-    remaining = cfg.run.budget_tokens - spent_tokens(rundir.metrics(), cfg) - rm.trained_tokens * (
-        cfg.run.budget_axis == "all")
-    model, trained = train_rl(policy, tokenizer, task, train, reward, cfg, rl_dir,
-                              budget_tokens=max(1, remaining) if cfg.run.budget_tokens else 0,
-                              budget_seconds=_seconds_left(rundir, cfg), counter=counter)
+    budget = Budget.from_rows(rundir.metrics(), cfg, trained=rm.trained_tokens)  # the reward model's training counts
+    model, trained = train_rl(policy, tokenizer, task, train, reward, cfg, rl_dir, budget=budget, counter=counter)
     del reward_model
     release_memory()
     result = evaluate_stage(rl_dir, model, tokenizer, task, train, test, cfg, few_shot=False)
@@ -372,11 +363,9 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     set_seed(cfg.run.seed + it)
     policy = (PeftModel.from_pretrained(base, str(rundir.iter_dir(1) / "adapter"), is_trainable=True) if from_sft
               else fresh_adapter(base, cfg.model))
-    remaining = cfg.run.budget_tokens - spent_tokens(rundir.metrics(), cfg)
     model, trained = train_rl(policy, tokenizer, task, train, reward, cfg, it_dir,
                               num_few_shot=0 if from_sft else cfg.task.num_few_shot,
-                              budget_tokens=max(1, remaining) if cfg.run.budget_tokens else 0,
-                              budget_seconds=_seconds_left(rundir, cfg), counter=counter)
+                              budget=Budget.from_rows(rundir.metrics(), cfg), counter=counter)
     result = evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg, few_shot=not from_sft)
     summary = rl_summary(trained)
     _finish_row(rundir, it, "rl", t0, result, generated_tokens=counter.get("tokens", 0), rl_init=cfg.rl.grpo_init,

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from . import distributed, phases
+from .budget import Budget
 from .config import Config, ConfigError
 from .models import (bnb_config, lora_config, process_device, quantized_placement, resolve_device, resolve_dtype,
                      resolve_model_path)
@@ -534,27 +535,25 @@ def max_completion_length(cfg: Config) -> int:
 
 @phases.timed("rl")
 def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, cfg: Config, out_dir: Path,
-             *, num_few_shot: int = 0, budget_tokens: int = 0, budget_seconds: float = 0.0,
-             counter: dict[str, int] | None = None):
+             *, num_few_shot: int = 0, budget: Budget | None = None, counter: dict[str, int] | None = None):
     """RL with TRL's GRPOTrainer on the policy's LoRA adapter; saves it to ``out_dir/adapter``.
 
     With ``rl.beta`` > 0 TRL copies the policy's adapter, as it is now, into a frozen "ref" adapter
     and takes the KL reference from it: from the SFT adapter that is the SFT policy, from a fresh
-    adapter (B = 0) the base. Training runs ``rl.steps`` steps, or (0) until ``budget_tokens`` were
-    spent (completion tokens; with ``run.budget_axis: all`` also the tokens trained on) or
-    ``budget_seconds`` passed: the step that spends the budget is the last. Every step writes a row to
+    adapter (B = 0) the base. Training runs ``rl.steps`` steps, or (0) until ``budget`` is spent
+    (it is charged the completion tokens, with ``run.budget_axis: all`` also the tokens trained on, and
+    its clock runs): the step that spends the budget is the last. Every step writes a row to
     ``out_dir/rl_steps.jsonl``: mean reward, its spread, the share of zero-variance groups it trained on
     (and, with ``rl.dynamic_sampling``, the groups dropped and redrawn), KL to the reference, mean
     completion length and the norm of the adapter's change since the start. Returns the model and a
     ``TrainResult`` (its history holds those rows; trained tokens: prompt + completion tokens of every
     rollout).
     """
-    import time
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig
 
-    deadline = time.time() + budget_seconds if budget_seconds else None
+    already = budget.tokens if budget is not None else 0  # what the run's earlier stages spent
     steps_file = out_dir / "rl_steps.jsonl"
     if distributed.is_main():
         steps_file.unlink(missing_ok=True)  # an interrupted attempt's steps
@@ -567,7 +566,11 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
         return tokens
 
     def budget_reached() -> bool:
-        return bool(budget_tokens and spent_tokens() >= budget_tokens) or (deadline is not None and time.time() >= deadline)
+        if budget is None:
+            return False
+        budget.tokens = already + spent_tokens()
+        budget.cut = budget.spent()
+        return budget.cut is not None
 
     class StopAtBudget(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from star_lite import distributed
-from star_lite.loop import BudgetExhausted
+from star_lite.budget import BudgetExhausted
 from star_lite.rundir import read_jsonl
 from star_lite.sampling import Generation
 from star_lite.sampling.sharded import shard, sharded

@@ -71,7 +71,7 @@ def test_rl_steps_0_without_a_budget_is_refused_naming_the_field():
 
 
 def test_budget_axis_all_counts_trained_tokens_too():
-    from star_lite.loop import budget_spent
+    from star_lite.budget import budget_spent
 
     rows = [{"generated_tokens": 100, "trained_tokens": 900}]
     assert budget_spent(rows, from_dict({"run": {"budget_tokens": 500}})) is None
