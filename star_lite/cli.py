@@ -41,11 +41,15 @@ def _parser() -> argparse.ArgumentParser:
                              "(as adapters are trained); auto (default): few-shot for the base model, "
                              "zero-shot for an adapter unless sampling.few_shot_after_training)")
     p_eval.add_argument("--out", help="write per-problem results to this jsonl file")
+    from .methods import get as get_method
+
     p_compare = sub.add_parser("compare", help="run several methods on one task and budget; table and plots",
-                               description=f"Runs compare.methods (any of: {', '.join(METHODS)}) with the "
-                                           "same task, split, seed, prompt, grader and budget; writes "
-                                           "comparison.csv/.md and PNG plots into compare.output_dir. Each "
-                                           "method's run resumes.")
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               description="Runs compare.methods with the same task, split, seed, prompt, grader\n"
+                                           "and budget; writes comparison.csv/.md and PNG plots into\n"
+                                           "compare.output_dir. Each method's run resumes.",
+                               epilog="methods (compare.methods; a user's own: package.module:name):\n" + "\n".join(
+                                   f"  {m:<24} {get_method(m).summary}" for m in METHODS))
     add_common(p_compare)
     p_bench = sub.add_parser("bench", help="sampling and SFT throughput against plain model.generate",
                              description="Prints useful tokens/s of star_lite's sampler and of plain "

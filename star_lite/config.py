@@ -21,8 +21,18 @@ from typing import Any
 import yaml
 
 
-METHODS = ("few-shot", "sft-direct", "star", "star-no-rationalization", "rest-em", "self-motivated", "grpo",
-           "dpo", "v-star", "adastar")
+def method_names(built_in_only: bool = False) -> tuple[str, ...]:
+    """Every registered method (star_lite/methods/registry.py): the built-in ones, and any a user's module has
+    registered."""
+    from .methods.registry import names
+
+    return names(built_in_only=built_in_only)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":  # config.METHODS: the registered methods, read when asked (they register on import)
+        return method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -258,7 +268,7 @@ class AdaSTaRConfig:
 
 @dataclass
 class CompareConfig:
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(method_names(built_in_only=True)))
     output_dir: str = "runs/compare"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every method once per seed; one seed cannot show
     #   spread
@@ -413,6 +423,18 @@ def _field_checks(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
             for f in dataclasses.fields(getattr(cfg, section.name)) if f.metadata]
 
 
+def _is_method(name: str) -> bool:
+    from .methods.registry import get
+
+    try:
+        get(name)
+    except ConfigError as err:
+        if "cannot import" in str(err):
+            raise
+        return False
+    return True
+
+
 def validate(cfg: Config) -> Config:
     """Check ranges and choices; raise ConfigError naming the field."""
     for dotted, spec in _field_checks(cfg):
@@ -438,15 +460,17 @@ def validate(cfg: Config) -> Config:
     if cfg.star.stop_when_validation_stops_rising and not cfg.task.num_validation:
         raise ConfigError("star.stop_when_validation_stops_rising: needs task.num_validation > 0; stopping on "
                           "test accuracy would choose by the numbers the run reports")
-    unknown = [m for m in cfg.compare.methods if m not in METHODS]
+    unknown = [m for m in cfg.compare.methods if not _is_method(m)]
     if unknown:
-        raise ConfigError(f"compare.methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise ConfigError(f"compare.methods: unknown method(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(method_names())}, or a registered one as package.module:name")
     if not cfg.compare.methods:
-        raise ConfigError(f"compare.methods: list at least one of {', '.join(METHODS)}")
+        raise ConfigError(f"compare.methods: list at least one of {', '.join(method_names())}")
     if not cfg.compare.seeds or len(set(cfg.compare.seeds)) != len(cfg.compare.seeds):
         raise ConfigError(f"compare.seeds: list one or more different seeds, e.g. [0, 1, 2]; got {cfg.compare.seeds}")
-    if cfg.compare.reference not in METHODS:
-        raise ConfigError(f"compare.reference: unknown method {cfg.compare.reference!r}; choose from {', '.join(METHODS)}")
+    if not _is_method(cfg.compare.reference):
+        raise ConfigError(f"compare.reference: unknown method {cfg.compare.reference!r}; choose from "
+                          f"{', '.join(method_names())}")
     check_tune(cfg)
     tp = cfg.sampling.vllm_options.get("tensor_parallel_size", 1)
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
@@ -478,8 +502,8 @@ def check_tune(cfg: Config) -> None:
                                                                   typing.get_type_hints(Config)[f.name])}
                 for f in dataclasses.fields(Config)}
     for method, grid in cfg.compare.tune.items():
-        if method not in METHODS:
-            raise ConfigError(f"compare.tune.{method}: unknown method; choose from {', '.join(METHODS)}")
+        if not _is_method(method):
+            raise ConfigError(f"compare.tune.{method}: unknown method; choose from {', '.join(method_names())}")
         if not isinstance(grid, dict):
             raise ConfigError(f"compare.tune.{method}: expected a mapping of section.key: [values], got {grid!r}")
         for dotted, values in grid.items():

@@ -102,8 +102,8 @@ def test_a_killed_comparison_redoes_nothing_finished(two_seeds, monkeypatch):
     import shutil
 
     import star_lite.loop as loop
-    import star_lite.methods as methods
     from star_lite.cli import main
+    from star_lite.methods import dpo, grpo, self_motivated, sft_direct
 
     out, path, _ = two_seeds
     before = {p: p.read_text() for p in out.glob("seed_*/*/metrics.jsonl")}
@@ -115,8 +115,8 @@ def test_a_killed_comparison_redoes_nothing_finished(two_seeds, monkeypatch):
         calls.append(str(args[5].parent))  # the iteration directory's run directory
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_adapter", counting)
-    monkeypatch.setattr(methods, "train_adapter", counting)
+    for module in (loop, sft_direct, self_motivated, grpo, dpo):  # every method module that trains an adapter
+        monkeypatch.setattr(module, "train_adapter", counting)
     assert main(["compare", str(path)]) == 0
     assert calls == [str(out / "seed_5" / "star")]
     for p, text in before.items():
