@@ -133,7 +133,7 @@ def rollout_rates(model, tokenizer, task, problems, cfg: Config, repeats: int, o
 
     from .models import fresh_adapter
     from .progress import quiet_trainer
-    from .rl import _stopping_grpo_trainer, grpo_args, rollouts_by
+    from .trainers.grpo import _stopping_grpo_trainer, grpo_args, rollouts_by
 
     shots = 0 if cfg.rl.grpo_init == "sft" else cfg.task.num_few_shot
     prompts = [task.prompt(p, num_few_shot=shots) for p in problems]

@@ -499,7 +499,7 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
         raise ConfigError(f"compare.reference: {cfg.compare.reference!r} is not in compare.methods "
                           f"({', '.join(cfg.compare.methods)}); add it, or set compare.reference to one of them")
     if {"self-motivated", "grpo"} & set(cfg.compare.methods):
-        from .rl import check_trl_options
+        from .trainers.grpo import check_trl_options
 
         check_trl_options(cfg)  # now, not after the methods before them have run
     out = Path(cfg.compare.output_dir)

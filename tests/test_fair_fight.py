@@ -130,10 +130,11 @@ def test_zero_variance_groups_are_the_groups_whose_rewards_are_all_equal():
 
 def test_reward_model_scores_are_standardised_and_weighted(monkeypatch):
     import star_lite.rl as rl
+    from star_lite.trainers import grpo
 
     task = load_task("arithmetic", min_digits=1, max_digits=1)
     p = Problem("a", "What is 3 + 4?", "7")
-    monkeypatch.setattr(rl, "reward_scores", lambda *a, **k: [3.0, 1.0])
+    monkeypatch.setattr(grpo, "reward_scores", lambda *a, **k: [3.0, 1.0])  # what make_reward scores with
     reward = rl.make_reward(task, {"a": p}, reward_model=object(), tokenizer=None, reward_model_weight=2.0,
                             reward_model_scale=(1.0, 2.0), correctness_weight=0.5)
     got = reward(["Q"] * 2, [" The answer is 7.", " The answer is 8."], id=["a", "a"])

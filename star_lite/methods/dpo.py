@@ -29,7 +29,8 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
     from peft import PeftModel
     from transformers import set_seed
 
-    from ..rl import preference_pairs, preference_steps, train_dpo
+    from ..trainers.dpo import train_dpo
+    from ..trainers.pairs import preference_pairs, preference_steps
 
     started = start_run(cfg)
     if started is None:

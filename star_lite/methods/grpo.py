@@ -33,7 +33,7 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
     from peft import PeftModel
     from transformers import set_seed
 
-    from ..rl import make_reward, train_rl
+    from ..trainers.grpo import make_reward, train_rl
 
     started = start_run(cfg)
     if started is None:

@@ -53,8 +53,9 @@ def sample_conditioned_rationales(model, tokenizer, task, problems, cfg: Config,
 def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
     """Self-motivated learning (Feng et al. 2024): rationales for the right and for wrong answers, SFT
     on the right ones (1), then a reward model on right-over-wrong pairs and RL from the SFT policy (2)."""
-    from ..rl import (make_reward, pair_accuracy_summary, preference_pairs, reward_model_standardisation, split_pairs,
-                     train_reward_model, train_rl)
+    from ..trainers.grpo import make_reward, train_rl
+    from ..trainers.pairs import preference_pairs, split_pairs
+    from ..trainers.reward import pair_accuracy_summary, reward_model_standardisation, train_reward_model
 
     started = start_run(cfg)
     if started is None:

@@ -31,7 +31,7 @@ def verifier_pairs(task: Task, train: list[Problem], rundir: RunDir, generations
                    max_pairs_per_problem: int) -> list[dict[str, Any]]:
     """V-STaR's verifier data: right-over-wrong pairs from the unhinted samples of every generator
     iteration together (a right rationale of iteration 1 pairs with a wrong one of iteration 2)."""
-    from ..rl import preference_pairs
+    from ..trainers.pairs import preference_pairs
 
     samples = [s for j in generations for s in read_jsonl(rundir.iter_dir(j) / "samples.jsonl")
                if s["phase"] == "rationale"]
@@ -48,7 +48,8 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     the row reports verifier best-of-k (its accuracy and eval.jsonl), majority@k and greedy on them."""
     from peft import PeftModel
 
-    from ..rl import load_verifier, preference_steps, train_dpo, verifier_scores
+    from ..trainers.dpo import load_verifier, train_dpo, verifier_scores
+    from ..trainers.pairs import preference_steps
 
     done = RunDir(cfg.run.output_dir).metrics()
     if any(r.get("stage") == "verifier" for r in done):

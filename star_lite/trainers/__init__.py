@@ -1,1 +1,2 @@
-"""What star_lite's TRL trainers share (SFT in ``training``, reward model, GRPO and DPO in ``rl``)."""
+"""star_lite's TRL trainers: SFT (``training``), the reward model (``reward``), GRPO (``grpo``), DPO and the
+verifier (``dpo``), their pairs (``pairs``), and the settings they all share (``args``)."""

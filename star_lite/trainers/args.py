@@ -1,9 +1,11 @@
 """The one place the settings every TRL trainer shares are built: device, precision, logging, seed,
-checkpointing. SFT (``training.train_adapter``), the reward model, GRPO and DPO (``rl``) all start from
-``shared_args`` and add only what is their own."""
+checkpointing. SFT (``training.train_adapter``), the reward model, GRPO and DPO (``trainers.reward``,
+``trainers.grpo``, ``trainers.dpo``) all start from ``shared_args`` and add only what is their own; the
+last three also share the adapter's dtype and how a trained policy is saved (below)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,3 +53,32 @@ def shared_args(cfg: Config, *, cpu_autocast: bool) -> dict[str, Any]:
             "logging_steps": cfg.train.logging_steps, "disable_tqdm": not bars_enabled(),
             # TRL's trainers turn gradient checkpointing on by default (every layer computed twice)
             "activation_checkpointing": cfg.train.gradient_checkpointing}
+
+
+def trainer_args(cfg: Config) -> dict[str, Any]:
+    """``shared_args`` as the reward model, GRPO and DPO take them: float32 on a CPU (their bfloat16 autocast
+    was not measured)."""
+    return shared_args(cfg, cpu_autocast=False)
+
+
+def match_adapter_dtype(model, cfg: Config) -> None:
+    """TRL casts QLoRA adapter weights to bfloat16; keep them in the compute dtype instead, which
+    on a CPU is float32 (bfloat16 adapters on a float32 base fail with a dtype mismatch)."""
+    dtype = resolve_dtype(cfg.model.compute_dtype, resolve_device(cfg.model.device))
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def save_policy(trainer, out_dir: Path, work_dir: Path, key: str = "loss"):
+    """After a TRL preference or RL run on a LoRA policy: its TrainResult, and the policy without TRL's
+    frozen "ref" adapter, saved to ``out_dir/adapter`` and in eval mode."""
+    from ..training import TrainResult, remove_if_empty, save_adapter  # training imports this module
+
+    result = TrainResult.from_trainer(trainer, key=key)
+    model = trainer.model
+    if "ref" in model.peft_config:  # TRL's frozen reference: not part of the trained policy
+        model.delete_adapter("ref")
+    save_adapter(model, out_dir / "adapter")
+    remove_if_empty(work_dir)
+    return model.eval(), result
