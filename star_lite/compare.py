@@ -30,7 +30,7 @@ from . import distributed
 from .config import Config, ConfigError, from_dict, tune_points
 from .loop import log
 from .rundir import RunDir, append_jsonl, read_jsonl, write_atomic, write_jsonl
-from .stats import distinguishable, paired_difference, wilson
+from .stats import distinguishable, paired_difference, row_interval, wilson
 
 COLUMNS = ["method", "seed", "iteration", "stage", "accuracy", "ci_low", "ci_high", "num_eval",
            "num_train_examples", "generated_tokens", "trained_tokens", "cumulative_generated_tokens",
@@ -81,7 +81,7 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
                 trained += r.get("trained_tokens", 0)
                 seconds += r.get("seconds", 0.0)
                 n = r.get("num_eval", 0)
-                lo, hi = wilson(round(r["accuracy"] * n), n)
+                lo, hi = row_interval(r)
                 row = {"method": method, "seed": seed, "iteration": r["iteration"], "stage": r.get("stage", ""),
                        "accuracy": round(r["accuracy"], 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
                        "num_eval": n, "num_train_examples": r.get("num_train_examples", 0),

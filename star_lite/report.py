@@ -73,13 +73,13 @@ def _figure():
 
 def plot_accuracy(run_dir: str | Path):
     """Held-out accuracy per iteration (iteration 0 = few-shot base model), with 95% Wilson error bars."""
-    from .stats import wilson
+    from .stats import row_interval
 
     rows = _metrics(run_dir)
     fig, ax = _figure()
     its = [r["iteration"] for r in rows]
     accs = [r["accuracy"] for r in rows]
-    bounds = [wilson(round(r["accuracy"] * r.get("num_eval", 0)), r.get("num_eval", 0)) for r in rows]
+    bounds = [row_interval(r) for r in rows]
     err = [[max(0.0, a - lo) for a, (lo, _) in zip(accs, bounds)], [max(0.0, hi - a) for a, (_, hi) in zip(accs, bounds)]]
     n = max((r.get("num_eval", 0) for r in rows), default=0)
     ax.errorbar(its, accs, yerr=err, marker="o", capsize=3, label=f"test accuracy ({n} problems, 95% interval)")
@@ -216,7 +216,7 @@ def write_report(run_dir: str | Path) -> Path:
         fig.savefig(root / name)
         plt.close(fig)
         images.append(name)
-    from .stats import wilson
+    from .stats import row_interval
 
     has_validation = any(r.get("validation_accuracy") is not None for r in rows)
     lines = [f"# STaR run: {root.name}", "",
@@ -225,7 +225,7 @@ def write_report(run_dir: str | Path) -> Path:
              "| ---: | ---: | ---: | ---: | " + ("---: | " if has_validation else "") + "---: | ---: | ---: | ---: |"]
     for r in rows:
         n = r.get("num_eval", 0)
-        lo, hi = wilson(round(r["accuracy"] * n), n)
+        lo, hi = row_interval(r)
         val = r.get("validation_accuracy")
         lines.append(f"| {r['iteration']} | {r['accuracy']:.3f} | {lo:.3f}–{hi:.3f} | {n} | "
                      + (f"{'' if val is None else f'{val:.3f}'} | " if has_validation else "")

@@ -31,6 +31,21 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def row_interval(row: dict) -> tuple[float, float]:
+    """The 95% Wilson interval a metrics row stores with its accuracy (``ci_low``, ``ci_high``); computed from
+    ``accuracy`` and ``num_eval`` only for a row that lacks them.
+
+    >>> row_interval({"accuracy": 0.5, "num_eval": 10, "ci_low": 0.2366, "ci_high": 0.7634})
+    (0.2366, 0.7634)
+    >>> [round(x, 4) for x in row_interval({"accuracy": 0.5, "num_eval": 10})]
+    [0.2366, 0.7634]
+    """
+    if row.get("ci_low") is not None and row.get("ci_high") is not None:
+        return row["ci_low"], row["ci_high"]
+    n = row.get("num_eval", 0)
+    return wilson(round(row["accuracy"] * n), n)
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts b (only A right) and c (only B right):
     a binomial test of min(b, c) out of b + c at one half.
