@@ -198,7 +198,7 @@ def _stopping_grpo_trainer():
             """The rollouts from star_lite's sampler (rl.rollout_sampler): TRL's temperature, top-p, top-k and
             completion length, the prompts' shared prefix computed once, each row ending at its stop string or
             EOS and leaving the batch; the policy samples in eval mode (no LoRA dropout)."""
-            from .sampling.hf import generate
+            from ..sampling.hf import generate
 
             unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
             with quiet_bars():
@@ -216,7 +216,7 @@ def rollouts_by(choice: str, trainer) -> str:
     star_lite's where it gives TRL's distribution: one process, transformers generation (not vLLM or
     continuous batching), no logits processing beyond temperature/top-k/top-p (min_p, repetition penalty,
     extra generation_kwargs) and an architecture the sampler's decode loop supports."""
-    from .sampling import prefix_decode
+    from ..sampling import prefix_decode
 
     if choice == "trl":
         return "trl"
