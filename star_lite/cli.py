@@ -6,7 +6,7 @@ import argparse
 import sys
 import traceback
 
-from .config import METHODS, ConfigError, load_config
+from .config import ConfigError, load_config
 from .distributed import is_main
 
 EPILOG = """examples:
@@ -16,10 +16,31 @@ EPILOG = """examples:
 Running the same command again continues after the last finished iteration."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be written only when help is shown (``epilog_from``): the methods
+    list imports every method, which a command that does not ask for it should not pay for."""
+
+    def __init__(self, *args, epilog_from=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self.epilog_from is not None:
+            self.epilog = self.epilog_from()
+        return super().format_help()
+
+
+def _methods_epilog() -> str:
+    from .methods import get, names
+
+    return "methods (compare.methods; a user's own: package.module:name):\n" + "\n".join(
+        f"  {m:<24} {get(m).summary}" for m in names())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="star-lite", description="Self-taught reasoning (STaR) on one GPU.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_common(p: argparse.ArgumentParser) -> None:
         p.add_argument("config", help="YAML config file (see configs/; every key is commented there)")
@@ -41,15 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                              "(as adapters are trained); auto (default): few-shot for the base model, "
                              "zero-shot for an adapter unless sampling.few_shot_after_training)")
     p_eval.add_argument("--out", help="write per-problem results to this jsonl file")
-    from .methods import get as get_method
-
     p_compare = sub.add_parser("compare", help="run several methods on one task and budget; table and plots",
                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                description="Runs compare.methods with the same task, split, seed, prompt, grader\n"
                                            "and budget; writes comparison.csv/.md and PNG plots into\n"
                                            "compare.output_dir. Each method's run resumes.",
-                               epilog="methods (compare.methods; a user's own: package.module:name):\n" + "\n".join(
-                                   f"  {m:<24} {get_method(m).summary}" for m in METHODS))
+                               epilog_from=_methods_epilog)
     add_common(p_compare)
     p_bench = sub.add_parser("bench", help="sampling and SFT throughput against plain model.generate",
                              description="Prints useful tokens/s of star_lite's sampler and of plain "
