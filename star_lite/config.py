@@ -424,13 +424,12 @@ def _field_checks(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _is_method(name: str) -> bool:
-    from .methods.registry import get
+    """Whether ``name`` is a registered method; a module it names that cannot be imported raises ConfigError."""
+    from .methods.registry import UnknownMethod, get
 
     try:
         get(name)
-    except ConfigError as err:
-        if "cannot import" in str(err):
-            raise
+    except UnknownMethod:
         return False
     return True
 

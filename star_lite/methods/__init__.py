@@ -24,7 +24,8 @@ from ..config import Config
 from ..loop import log
 from ..rundir import RunDir
 from ..threads import apply_threads, registered
-from . import few_shot, sft_direct, star, rest_em, self_motivated, grpo, dpo, v_star, adastar  # noqa: F401  (they register)
+# importing each module registers its methods, in this order (the default of compare.methods)
+from . import few_shot, sft_direct, star, rest_em, self_motivated, grpo, dpo, v_star, adastar  # noqa: F401
 from .registry import Method, get, method_config, names, register, section_readers, unread_sections
 from .self_motivated import sample_conditioned_rationales
 from .v_star import choose_best_of_k, verifier_pairs, verifier_ranking

@@ -19,6 +19,10 @@ from ..config import Config, ConfigError
 Rows = list[dict[str, Any]]
 
 
+class UnknownMethod(ConfigError):
+    """No method is registered under the name (its module, if it names one, imported)."""
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -37,7 +41,8 @@ def register(name: str, *, summary: str, sections: tuple[str, ...] = (),
     function that serves several methods (STaR's loop serves five). Returns the run function."""
     def add(fn: Callable[[Config], Rows]) -> Callable[[Config], Rows]:
         if name in _METHODS and _METHODS[name].run is not fn:
-            raise ValueError(f"method {name!r} is registered twice ({_METHODS[name].run.__module__} and {fn.__module__})")
+            raise ValueError(f"method {name!r} is registered twice "
+                             f"({_METHODS[name].run.__module__} and {fn.__module__})")
         _METHODS[name] = Method(name, fn, summary, tuple(sections), configure)
         return fn
 
@@ -69,7 +74,7 @@ def get(name: str) -> Method:
             m = _METHODS[short]
             _METHODS[name] = Method(name, m.run, m.summary, m.sections, m.configure)
     if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(_METHODS)}, or register one "
+        raise UnknownMethod(f"unknown method {name!r}; choose from {', '.join(_METHODS)}, or register one "
                           "(docs/methods.md, 'Adding a method')")
     return _METHODS[name]
 
