@@ -103,7 +103,7 @@ def test_a_killed_comparison_redoes_nothing_finished(two_seeds, monkeypatch):
 
     import star_lite.loop as loop
     from star_lite.cli import main
-    from star_lite.methods import dpo, grpo, self_motivated, sft_direct
+    from star_lite.methods import common, dpo, sft_direct
 
     out, path, _ = two_seeds
     before = {p: p.read_text() for p in out.glob("seed_*/*/metrics.jsonl")}
@@ -115,7 +115,7 @@ def test_a_killed_comparison_redoes_nothing_finished(two_seeds, monkeypatch):
         calls.append(str(args[5].parent))  # the iteration directory's run directory
         return real(*args, **kwargs)
 
-    for module in (loop, sft_direct, self_motivated, grpo, dpo):  # every method module that trains an adapter
+    for module in (loop, common, sft_direct, dpo):  # every module that trains a method's adapter
         monkeypatch.setattr(module, "train_adapter", counting)
     assert main(["compare", str(path)]) == 0
     assert calls == [str(out / "seed_5" / "star")]

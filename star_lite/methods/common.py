@@ -6,12 +6,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .. import phases
+from pathlib import Path
+
+from .. import distributed, phases
 from ..budget import budget_spent
 from ..config import Config
 from ..evaluation import evaluate_into
 from ..loop import log, peak_memory_mb
+from ..models import detach_adapter
 from ..rundir import RunDir
+from ..training import num_steps, release_memory, train_adapter
 
 
 def stopped_for_budget(rundir: RunDir, cfg: Config, where: str) -> bool:
@@ -86,3 +90,24 @@ def last_logged(history: list[dict[str, Any]], key: str):
 
 def first_logged(history: list[dict[str, Any]], key: str):
     return next((h[key] for h in history if key in h), None)
+
+
+def sft_stage(rundir: RunDir, base, tokenizer, task, train, test, cfg: Config, kept: list[dict[str, Any]],
+              t0: float, cache: Path, **row):
+    """Stage 1 of grpo and self-motivated: a fresh adapter on the kept rationales for STaR's first-iteration
+    steps, evaluated and recorded as stage "sft" (``row``: the method's own fields, e.g. what sampling
+    them cost); the sampling ``cache`` is removed. Returns the base model with the adapter detached."""
+    sft_dir = rundir.iter_dir(1)
+    steps = num_steps(1, cfg.train.start_steps, cfg.train.step_growth)
+    model, trained = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
+                                                     for k in kept], cfg, steps, sft_dir, seed=cfg.run.seed + 1)
+    result = evaluate_stage(sft_dir, model, tokenizer, task, train, test, cfg, few_shot=False)
+    finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps, **row,
+               train_loss=trained.train_loss, trained_tokens=trained.trained_tokens,
+               train_world_size=trained.world_size)
+    if distributed.is_main():
+        cache.unlink(missing_ok=True)
+    base = detach_adapter(model)
+    del model
+    release_memory()
+    return base

@@ -10,10 +10,9 @@ from .. import distributed, phases
 from ..budget import Budget
 from ..config import Config
 from ..loop import clear_unfinished, keep_examples, log, sample_rationales, start_run
-from ..models import detach_adapter, fresh_adapter
+from ..models import fresh_adapter
 from ..rundir import RunDir, write_jsonl
-from ..training import num_steps, release_memory, train_adapter
-from .common import evaluate_stage, finish_row, reward_false_positives, rl_summary, stopped_for_budget
+from .common import evaluate_stage, finish_row, reward_false_positives, rl_summary, sft_stage, stopped_for_budget
 from .registry import register
 
 
@@ -55,19 +54,8 @@ def run_grpo(cfg: Config) -> list[dict[str, Any]]:
             log("grpo: the base answered no training problem right, so no SFT start; try rl.grpo_init=base")
             rundir.record_stop("no_data", "no right rationale for the SFT start")
             return rundir.metrics()
-        steps = num_steps(1, cfg.train.start_steps, cfg.train.step_growth)
-        model, sft = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
-                                                     for k in kept], cfg, steps, sft_dir, seed=cfg.run.seed + 1)
-        result = evaluate_stage(sft_dir, model, tokenizer, task, train, test, cfg, few_shot=False)
-        finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
-                    generated_tokens=sum(s["tokens"] for s in samples), train_loss=sft.train_loss,
-                    trained_tokens=sft.trained_tokens, train_world_size=sft.world_size,
-                    budget_exhausted=budget.cut is not None)
-        if distributed.is_main():
-            cache.unlink(missing_ok=True)
-        base = detach_adapter(model)
-        del model
-        release_memory()
+        base = sft_stage(rundir, base, tokenizer, task, train, test, cfg, kept, t0, cache,
+                         generated_tokens=sum(s["tokens"] for s in samples), budget_exhausted=budget.cut is not None)
     if stopped_for_budget(rundir, cfg, "before RL"):
         return rundir.metrics()
 

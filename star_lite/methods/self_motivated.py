@@ -11,10 +11,9 @@ from .. import distributed, phases
 from ..budget import Budget
 from ..config import Config
 from ..loop import keep_examples, log, sample_rationales, start_run
-from ..models import detach_adapter
 from ..rundir import RunDir, read_jsonl, write_jsonl
-from ..training import num_steps, release_memory, train_adapter
-from .common import evaluate_stage, finish_row, reward_false_positives, rl_summary, stopped_for_budget
+from ..training import release_memory
+from .common import evaluate_stage, finish_row, reward_false_positives, rl_summary, sft_stage, stopped_for_budget
 from .registry import register
 
 
@@ -77,21 +76,9 @@ def run_self_motivated(cfg: Config) -> list[dict[str, Any]]:
             return rundir.metrics()
 
         # --- SFT on the right ones ------------------------------------------------------------
-        steps = num_steps(1, cfg.train.start_steps, cfg.train.step_growth)
-        model, trained = train_adapter(base, tokenizer, [{"prompt": k["prompt"], "completion": k["completion"]}
-                                                         for k in kept], cfg, steps, sft_dir,
-                                       seed=cfg.run.seed + 1)
-        result = evaluate_stage(sft_dir, model, tokenizer, task, train, test, cfg, few_shot=False)
-        finish_row(rundir, 1, "sft", t0, result, num_train_examples=len(kept), steps=steps,
-                    num_rejected_hint=sum(s["leaked"] for s in samples),
-                    generated_tokens=sum(s["tokens"] for s in samples + free),
-                    train_loss=trained.train_loss, trained_tokens=trained.trained_tokens,
-                    train_world_size=trained.world_size)
-        if distributed.is_main():
-            (sft_dir / "samples.partial.jsonl").unlink(missing_ok=True)
-        base = detach_adapter(model)
-        del model
-        release_memory()
+        base = sft_stage(rundir, base, tokenizer, task, train, test, cfg, kept, t0, sft_dir / "samples.partial.jsonl",
+                         num_rejected_hint=sum(s["leaked"] for s in samples),
+                         generated_tokens=sum(s["tokens"] for s in samples + free))
 
     if stopped_for_budget(rundir, cfg, "after SFT, before the reward model and RL"):
         return rundir.metrics()
