@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .config import Config
-from .sampling import _num_generated, generator
+from .sampling import _num_generated, generator, in_bfloat16, uses_autocast
 
 # Sizes of real architectures, for speed and memory figures with random weights (no download).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -205,6 +205,8 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         torch.cuda.reset_peak_memory_stats()
     bs, mnt = cfg.sampling.batch_size, cfg.sampling.max_new_tokens
     generate = generator(cfg)  # star_lite's sampler for sampling.backend (hf or vllm)
+    autocast = cfg.sampling.backend == "hf" and uses_autocast(cfg)
+    plain = in_bfloat16(plain_generate) if autocast else plain_generate  # the same numerics as the sampler
     figures: dict[str, list[float]] = {k: [] for k in ("fast_tps", "plain_tps", "fast_s", "plain_s", "prefill_s",
                                                        "sft_tps", "sft_trl_tps")}
 
@@ -218,8 +220,8 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
                                                     stop_strings=task.stop_strings, desc=desc))
                 timed["fast"] = (sum(g.num_tokens for g in gens) / sec, sec, [g.text for g in gens])
             else:
-                (texts, tokens), sec = _timed(lambda: plain_generate(model, tokenizer, path_prompts, bs, mnt,
-                                                                     task.stop_strings))
+                (texts, tokens), sec = _timed(lambda: plain(model, tokenizer, path_prompts, bs, mnt,
+                                                            task.stop_strings))
                 timed["plain"] = (tokens / sec, sec, texts)
         return timed
 
@@ -247,6 +249,19 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
             timed = side_by_side(path_prompts, r, name)
             figures[f"{name}_ratio"].append(timed["fast"][0] / timed["plain"][0])
             figures[f"{name}_differing"].append(sum(a != b for a, b in zip(timed["fast"][2], timed["plain"][2])))
+    if autocast:  # what sampling.autocast itself gives: the sampler under bfloat16 autocast against float32
+        as_float32 = copy.deepcopy(cfg)
+        as_float32.sampling.autocast = "off"
+        float32_generate = generator(as_float32)
+        figures["autocast_ratio"], figures["autocast_differing"] = [], []
+        for r in range(repeats):
+            timed = {}
+            for which, fn in (("bf16", generate), ("fp32", float32_generate))[::1 if r % 2 == 0 else -1]:
+                gens, sec = _timed(lambda: fn(model, tokenizer, paths["evaluation"], batch_size=bs, max_new_tokens=mnt,
+                                              stop_strings=task.stop_strings, desc="evaluation"))
+                timed[which] = (sum(g.num_tokens for g in gens) / sec, [g.text for g in gens])
+            figures["autocast_ratio"].append(timed["bf16"][0] / timed["fp32"][0])
+            figures["autocast_differing"].append(sum(a != b for a, b in zip(timed["bf16"][1], timed["fp32"][1])))
     rollouts = rollout_rates(model, tokenizer, task, [p for _, p in pairs], cfg, repeats, Path(tmp.name) / "grpo")
     figures["rollouts_ratio"] = [f / p for f, p in zip(rollouts["star_lite"], rollouts["trl"])]
     sampling_peak = peak_memory_mb(device)
@@ -277,6 +292,7 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
              desc="evaluating")
     result = {
         "device": device, "backend": cfg.sampling.backend, "model": random_weights or cfg.model.name_or_path,
+        "generation_autocast": autocast,
         "4bit": cfg.model.load_in_4bit,
         "prompts": len(prompts), "batch_size": bs, "repeats": repeats,
         "median": {k: statistics.median(v) for k, v in figures.items()},
@@ -301,6 +317,11 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         ratios = figures[f"{name}_ratio"]
         print(f"{name + ' speed-up vs plain generate':<42}{statistics.median(ratios):10.2f}x "
               f"({min(ratios):.2f}-{max(ratios):.2f}), greedy outputs differing: {max(figures[name + '_differing'])}")
+    if autocast:
+        ratios = figures["autocast_ratio"]
+        print(f"{'evaluation, bf16 autocast vs float32':<42}{statistics.median(ratios):10.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f}), greedy outputs differing: {max(figures['autocast_differing'])} "
+              "(sampling.autocast; the lines above compare both samplers under it)")
     ratios = figures["rollouts_ratio"]
     print(f"{'GRPO rollouts tokens/s, ' + rollouts['sampler'][0] + ' sampler':<42}{_summary(rollouts['star_lite'])}")
     print(f"{'GRPO rollouts tokens/s, TRL generation':<42}{_summary(rollouts['trl'])}")

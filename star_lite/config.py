@@ -93,6 +93,11 @@ class SamplingConfig:
     # loop; "copied" copies them into every row for transformers' generate. Greedy: the same tokens;
     # temperature: the same distribution (generate's warpers), another random stream (tested)
     prefix_attention: str = one_of("auto", "copied", "shared")  # auto: shared
+    # hf: generation (sampling, rationalization, evaluation, v-star's candidates) under bfloat16 autocast with a
+    # bfloat16 copy of the frozen base, as SFT trains (train.autocast). auto: on a CPU that multiplies bfloat16
+    # natively (AVX512-BF16, AMX) and an unquantized float32 base; off elsewhere (a GPU already samples in
+    # model.compute_dtype). GRPO's rollouts stay in the RL trainer's dtype. (docs/speed.md, with accuracy)
+    autocast: str = one_of("auto", "bfloat16", "off")
     vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 
 

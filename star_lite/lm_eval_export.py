@@ -75,6 +75,7 @@ def export_lm_eval(cfg: Config, out_dir: str | Path, adapter: str | Path | None 
     """Write the task directory; returns its task name, files and the lm_eval command to run."""
     from .loop import build_task
     from .models import resolve_device, resolve_dtype, resolve_model_path
+    from .sampling import uses_autocast
 
     task, _, test = build_task(cfg)
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
@@ -125,5 +126,8 @@ def export_lm_eval(cfg: Config, out_dir: str | Path, adapter: str | Path | None 
         note = (f"the run's base model is 4-bit NF4 (model.load_in_4bit); lm-eval loads it unquantized in {dtype}, "
                 "so its answers can differ from star_lite's; compare with star-lite eval --set "
                 "model.load_in_4bit=false")
+    elif uses_autocast(cfg):  # lm-eval has no autocast: it computes in the dtype it loads
+        note = ("star_lite generates under bfloat16 autocast here (sampling.autocast); lm-eval computes in "
+                f"{dtype}, so a few greedy answers can differ; compare with star-lite eval --set sampling.autocast=off")
     return {"task": name, "dir": out, "data": data, "num_problems": len(test), "few_shot": few_shot,
             "command": command, "note": note}

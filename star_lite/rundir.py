@@ -18,6 +18,7 @@ exists; anything of a later iteration is redone, except samples already saved.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -233,7 +234,14 @@ class RunDir:
         current = cfg.to_dict()
         changed: list[str] = []
         if saved_path.exists():
-            saved = from_dict(with_legacy_values(yaml.safe_load(saved_path.read_text()) or {})).to_dict()
+            raw = yaml.safe_load(saved_path.read_text()) or {}
+            if self.metrics():
+                adopted = adopt_legacy_values(raw, cfg)
+                if adopted:
+                    current = cfg.to_dict()
+                    print(f"[star_lite] {self.root} was saved before {', '.join(adopted)} existed; it continues "
+                          f"with what that code did: {', '.join(f'{k}={LEGACY_VALUES[k]}' for k in adopted)}", flush=True)
+            saved = from_dict(with_legacy_values(raw)).to_dict()
             changed = diff_keys(saved, current)
             refused = [k for k in changed if k not in RESUMABLE_KEYS and k.split(".")[0] not in unread_sections]
             if refused and self.metrics():
@@ -251,8 +259,26 @@ class RunDir:
 
 
 # What a run saved before a key existed did, where that differs from the key's default: such a
-# run is compared against this value, not the default, when it is continued.
-LEGACY_VALUES = {"train.autocast": "off"}  # before the switch, training computed in model.compute_dtype
+# run continues with this value when the key is left at its default, and is compared against it.
+LEGACY_VALUES = {"train.autocast": "off",  # before the switch, training computed in model.compute_dtype
+                 "sampling.autocast": "off"}  # before the switch, generation computed in model.compute_dtype
+
+
+def adopt_legacy_values(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Set in ``cfg`` the LEGACY_VALUES of keys ``saved`` lacks and ``cfg`` leaves at their defaults, so a run
+    saved before those keys existed continues as it started; returns the keys set. A value set on purpose
+    stays, and is then refused as a change (``prepare``)."""
+    adopted = []
+    for dotted, value in LEGACY_VALUES.items():
+        section, key = dotted.split(".")
+        if not isinstance(saved.get(section), dict) or key in saved[section]:
+            continue
+        part = getattr(cfg, section)
+        default = next(f.default for f in dataclasses.fields(part) if f.name == key)
+        if getattr(part, key) == default != value:
+            setattr(part, key, value)
+            adopted.append(dotted)
+    return adopted
 
 
 def with_legacy_values(saved: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def tiny_config_dict(model_dir: Path, output_dir: Path, **sections) -> dict:
                   "lora_alpha": 8, "lora_dropout": 0.0},
         "task": {"name": "toy_tasks:HashGradedArithmetic", "num_train": 16, "num_test": 6, "num_few_shot": 2,
                  "options": {"min_digits": 1, "max_digits": 1, "rationale": "plain"}},
-        "sampling": {"batch_size": 6, "max_new_tokens": 8},
+        "sampling": {"batch_size": 6, "max_new_tokens": 8, "autocast": "off"},
         "star": {"iterations": 2},
         # autocast off: float32 on every machine, so the tests that compare two trainings exactly hold
         "train": {"start_steps": 3, "batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 0, "logging_steps": 1,

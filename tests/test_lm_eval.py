@@ -86,7 +86,10 @@ def test_lm_eval_evaluates_a_star_lite_adapter_to_star_lite_s_answers(tmp_path):
     from star_lite.training import save_adapter
 
     overrides = ["task.num_test=8", "task.options.min_digits=2", f"run.output_dir={tmp_path / 'run'}"]
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml", overrides)
+    autocast = load_config(ROOT / "configs" / "quickstart.yaml", [*overrides, "sampling.autocast=bfloat16"])
+    assert "sampling.autocast=off" in export_lm_eval(autocast, tmp_path / "bf16", adapter=None)["note"]
+    # the exact round trip: star_lite in float32, as lm-eval computes
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [*overrides, "sampling.autocast=off"])
     model = fresh_adapter(load_base_model(cfg.model), cfg.model)
     torch.manual_seed(0)
     with torch.no_grad():  # B = 0 would leave the base model: move it, a little

@@ -49,9 +49,27 @@ def test_a_config_saved_before_a_key_existed_is_read_with_what_that_code_did(tmp
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     del saved["train"]["autocast"]  # written before train.autocast existed: training was not autocast
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    with pytest.raises(ConfigError, match=r"train.autocast \(saved 'off', now 'auto'\)"):
-        rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match=r"train.autocast \(saved 'off', now 'bfloat16'\)"):
+        rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}", "train.autocast=bfloat16"]))  # set on purpose: a mix
+    cfg = from_dict({}, [f"run.output_dir={tmp_path}"])
+    assert rd.prepare(cfg) == [] and cfg.train.autocast == "off"  # left at auto: continues as it was trained
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["autocast"] == "off"
     assert rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}", "train.autocast=off"])) == []
+
+
+def test_a_run_saved_before_sampling_autocast_keeps_generating_in_float32(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}"]))
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["sampling"]["autocast"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = from_dict({}, [f"run.output_dir={tmp_path}"])
+    rd.prepare(cfg)
+    assert cfg.sampling.autocast == "auto"  # nothing done yet: today's default
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    rd.add_metrics({"iteration": 0, "accuracy": 0.5})
+    cfg = from_dict({}, [f"run.output_dir={tmp_path}"])
+    assert rd.prepare(cfg) == [] and cfg.sampling.autocast == "off"
 
 
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):

@@ -274,3 +274,54 @@ def test_sampling_passes_the_cache_by_its_current_name(tiny_model_dir, tmp_path)
         hf_logging.get_logger().removeHandler(handler)
     said = records + [str(w.message) for w in caught]
     assert not [m for m in said if "past_key_values" in m or "deprecated" in m.lower()], said
+
+
+def test_generation_autocast_is_automatic_only_where_the_cpu_computes_bfloat16(monkeypatch):
+    """``sampling.autocast: auto`` under both answers of the probe (the suite also runs natively and under
+    ATEN_CPU_CAPABILITY=avx2, docs/tests.md), and never for a 4-bit or already half-precision base."""
+    import star_lite.models as models
+    from star_lite.sampling import uses_autocast
+
+    unquantized = ["model.device=cpu", "model.load_in_4bit=false"]
+    for native in (True, False):
+        monkeypatch.setattr(models, "native_bfloat16", lambda device, native=native: native)
+        assert uses_autocast(from_dict({}, unquantized)) is native
+        assert uses_autocast(from_dict({}, [*unquantized, "sampling.autocast=bfloat16"]))
+        assert not uses_autocast(from_dict({}, [*unquantized, "sampling.autocast=off"]))
+    monkeypatch.setattr(models, "native_bfloat16", lambda device: True)
+    assert not uses_autocast(from_dict({}, ["model.device=cpu", "model.load_in_4bit=true"]))
+    assert not uses_autocast(from_dict({}, [*unquantized, "model.compute_dtype=bfloat16"]))
+    assert uses_autocast(from_dict({}, unquantized))
+
+
+@pytest.mark.parametrize("setting", ["bfloat16", "off"])
+def test_generation_under_autocast_multiplies_in_bfloat16_and_gives_the_weights_back(tiny_model_dir, tmp_path, setting):
+    from star_lite.sampling import generator
+
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                     sampling={"autocast": setting}))
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = fresh_adapter(model, cfg.model).eval()
+    proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    weights = {n: p for n, p in model.named_parameters()}
+    seen = []
+    hook = proj.base_layer.register_forward_hook(lambda m, args, out: seen.append((m.weight.dtype, out.dtype)))
+    gens = generator(cfg)(model, tok, ["1 + 2 =", "3 + 4 ="], batch_size=2, max_new_tokens=3)
+    hook.remove()
+    assert len(gens) == 2 and seen
+    expected = torch.bfloat16 if setting == "bfloat16" else torch.float32
+    assert set(seen) == {(expected, expected)}
+    # the float32 weights are back, the very tensors, and the LoRA weights were never copied
+    assert all(p is weights[n] and p.dtype == torch.float32 for n, p in model.named_parameters())
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bench_prints_what_generation_autocast_gives(tiny_model_dir, tmp_path, capsys):
+    from star_lite.bench import bench
+
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path),
+                    ["model.load_in_4bit=false", "task.num_few_shot=2", "sampling.autocast=bfloat16"])
+    result = bench(cfg, repeats=1, num_prompts=2, sft_steps=1)
+    assert "evaluation, bf16 autocast vs float32" in capsys.readouterr().out
+    assert result["generation_autocast"] and result["median"]["autocast_ratio"] > 0

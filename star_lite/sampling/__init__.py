@@ -12,10 +12,45 @@ from __future__ import annotations
 
 import functools
 
+import torch
+
 from .base import Generate, Generation, OnBatch
 from .hf import _batch_inputs, _num_generated, generate, shared_prefix
 
-__all__ = ["Generate", "Generation", "OnBatch", "generate", "generator", "shared_prefix"]
+__all__ = ["Generate", "Generation", "OnBatch", "generate", "generator", "in_bfloat16", "shared_prefix", "uses_autocast"]
+
+
+def uses_autocast(cfg) -> bool:
+    """Whether the hf backend generates under bfloat16 autocast (``sampling.autocast``): ``auto`` on a CPU
+    that multiplies bfloat16 natively, for an unquantized float32 base (elsewhere emulated bfloat16 is
+    slower than float32, and a GPU already runs in ``model.compute_dtype``).
+
+    >>> from star_lite.config import from_dict
+    >>> uses_autocast(from_dict({"sampling": {"autocast": "off"}})), uses_autocast(from_dict({"sampling": {"autocast": "bfloat16"}}))
+    (False, True)
+    """
+    from ..models import native_bfloat16, resolve_device, resolve_dtype
+
+    setting = cfg.sampling.autocast
+    if setting != "auto":
+        return setting == "bfloat16"
+    device = resolve_device(cfg.model.device)
+    return (device == "cpu" and not cfg.model.load_in_4bit
+            and resolve_dtype(cfg.model.compute_dtype, device) == torch.float32 and native_bfloat16(device))
+
+
+def in_bfloat16(generate: Generate) -> Generate:
+    """``generate`` under bfloat16 autocast, the frozen float32 base weights replaced by one bfloat16 copy
+    for the call (autocast would cast them at every matmul to the same values); float32 again after."""
+    from ..fastpaths import bfloat16_frozen_weights
+
+    @functools.wraps(generate)
+    def run(model, *args, **kwargs):
+        device_type = next(model.parameters()).device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16), bfloat16_frozen_weights(model):
+            return generate(model, *args, **kwargs)
+
+    return run
 
 
 def backend(cfg) -> Generate:
@@ -25,7 +60,8 @@ def backend(cfg) -> Generate:
 
         return sampler(cfg).generate
     shared = cfg.sampling.prefix_attention in ("auto", "shared")
-    return functools.partial(generate, prefix_attention="shared" if shared else "copied")
+    hf = functools.partial(generate, prefix_attention="shared" if shared else "copied")
+    return in_bfloat16(hf) if uses_autocast(cfg) else hf
 
 
 def generator(cfg) -> Generate:
