@@ -105,7 +105,7 @@ def train_trl_defaults(base, tokenizer, examples: list[dict[str, str]], cfg: Con
     from trl import SFTConfig, SFTTrainer
 
     from .models import fresh_adapter, resolve_device
-    from .training import checkpointing_off
+    from .trainers.sft import checkpointing_off
 
     set_seed(0)
     model = fresh_adapter(base, cfg.model)
@@ -183,7 +183,7 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     """Measure and print sampling (star_lite vs plain generate) and SFT throughput; return the figures."""
     from .loop import build_task, peak_memory_mb
     from .models import load_adapter, load_base_model, load_tokenizer, resolve_device
-    from .training import train_adapter
+    from .trainers.sft import train_adapter
 
     from .threads import apply_threads, registered
 

@@ -62,10 +62,13 @@ class Budget:
                    started=time.time() if started is None else started)
 
     @classmethod
-    def for_iteration(cls, rows: list[dict[str, Any]], cfg: Config, cache: Path, started: float) -> "Budget":
+    def for_iteration(cls, rows: list[dict[str, Any]], cfg: Config, cache: Path, started: float,
+                      earlier: list[dict[str, Any]] = ()) -> "Budget":
         """The budget an iteration's sampling charges: the finished iterations' spend, plus the samples an
-        interrupted attempt saved in ``cache`` (they were paid for, and they are reused)."""
-        return cls.from_rows(rows, cfg, generated=sum(r.get("tokens", 0) for r in read_jsonl(cache)), started=started)
+        interrupted attempt saved in ``cache`` (they were paid for, and they are reused), plus ``earlier``:
+        samples this iteration already drew in a sampling before this one (dpo's pairs after its SFT data)."""
+        saved = sum(r.get("tokens", 0) for r in read_jsonl(cache))
+        return cls.from_rows(rows, cfg, generated=saved + sum(s["tokens"] for s in earlier), started=started)
 
     def seconds(self) -> float:
         return self.seconds_before + time.time() - self.started

@@ -26,10 +26,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import distributed
 from .config import Config, ConfigError, from_dict, tune_points
 from .loop import log
-from .rundir import RunDir, append_jsonl, read_jsonl, write_atomic, write_jsonl
+from .rundir import LEGACY_VALUES, RunDir, adopt_legacy_values, append_jsonl, read_jsonl, write_atomic, write_jsonl
 from .stats import distinguishable, paired_difference, row_interval, wilson
 
 COLUMNS = ["method", "seed", "iteration", "stage", "accuracy", "ci_low", "ci_high", "num_eval",
@@ -488,6 +490,20 @@ def share_iteration0(cfg: Config, seed: int, method: str) -> None:
                 return
 
 
+def adopt_saved_comparison(cfg: Config, out: Path) -> list[str]:
+    """Where a method's run in ``out`` was saved before a key of ``LEGACY_VALUES`` existed, every method of the
+    comparison (a new one too) runs with what that code did, so all compute alike (``rundir.adopt_legacy_values``);
+    returns the keys set."""
+    adopted: list[str] = []
+    for saved in sorted(out.glob("seed_*/*/config.yaml")):
+        if read_jsonl(saved.parent / "metrics.jsonl"):
+            adopted += adopt_legacy_values(yaml.safe_load(saved.read_text()) or {}, cfg)
+    if adopted:
+        log(f"compare: {out} holds runs saved before {', '.join(adopted)} existed; every method runs with "
+            + ", ".join(f"{k}={LEGACY_VALUES[k]}" for k in adopted) + " (what that code did), so all compute alike")
+    return adopted
+
+
 def compare(cfg: Config) -> list[dict[str, Any]]:
     """Run every method in ``cfg.compare.methods`` once per seed in ``cfg.compare.seeds`` (continuing
     finished ones) and write the comparison; returns its rows."""
@@ -504,6 +520,7 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
         check_trl_options(cfg)  # now, not after the methods before them have run
     out = Path(cfg.compare.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    adopt_saved_comparison(cfg, out)
     for seed in cfg.compare.seeds:
         scfg = seed_config(cfg, seed)
         for method in cfg.compare.methods:

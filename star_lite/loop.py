@@ -25,14 +25,12 @@ problems between them and gather the results (sampling/sharded.py), training is 
 
 from __future__ import annotations
 
-import math
-import random
 import resource
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -42,11 +40,12 @@ from .config import Config
 from .evaluation import evaluate_into
 from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
 from .rundir import RunDir, append_jsonl, fault_point, read_jsonl, write_jsonl
-from .sampling import generator
+from .sampling import generator, uses_autocast
 from .tasks import Problem, Task, load_task
 from .tasks.datafiles import DataError
 from .threads import apply_threads, registered
-from .training import release_memory, train_adapter, training_steps
+from .trainers.sft import train_adapter
+from .training import release_memory, training_steps
 
 
 def log(msg: str) -> None:
@@ -201,57 +200,6 @@ def validation_stalled(rows: list[dict[str, Any]]) -> str | None:
             f"than {best['validation_accuracy']:.3f} at iteration {best['iteration']}")
 
 
-def sampling_history(rundir: RunDir, before: int) -> dict[str, list[tuple[int, bool]]]:
-    """Per problem id, (iteration, solved) for every earlier iteration that sampled it, from the saved
-    samples (the model's own rationales; a rationalization does not count as solved)."""
-    history: dict[str, list[tuple[int, bool]]] = {}
-    for it in range(1, before):
-        solved: dict[str, bool] = {}
-        for s in read_jsonl(rundir.iter_dir(it) / "samples.jsonl"):
-            if s["phase"] == "rationale":
-                solved[s["id"]] = solved.get(s["id"], False) or bool(s["correct"])
-        for pid, ok in solved.items():
-            history.setdefault(pid, []).append((it, ok))
-    return history
-
-
-def choose_adaptively(problems: list[Problem], history: dict[str, list[tuple[int, bool]]], fraction: float,
-                      accuracy: float | None, curriculum: bool, seed: int) -> list[Problem]:
-    """AdaSTaR's choice of ``round(fraction * len(problems))`` problems to sample, in problem order.
-
-    Priority (diversity): never solved first, then solved longest ago, then sampled fewest times; ties
-    in a seeded random order. Curriculum: with the last iteration's training ``accuracy`` alpha, only
-    ``alpha**2`` of the places go by priority and the rest to the easiest problems (highest share
-    solved), so a weak model is not fed only problems it fails (the paper's alpha^2 rule).
-
-    >>> from star_lite.tasks import Problem
-    >>> ps = [Problem(str(i), "q", "1") for i in range(4)]
-    >>> h = {"0": [(1, True)], "1": [(1, False)], "2": [(1, True)]}
-    >>> [p.id for p in choose_adaptively(ps, h, 0.5, None, True, seed=0)]  # never solved: 1 and 3
-    ['1', '3']
-    >>> [p.id for p in choose_adaptively(ps, h, 0.5, 0.5, True, seed=0)]  # alpha^2 = 0.25: one hard, one easy
-    ['0', '3']
-    """
-    m = max(1, min(len(problems), round(fraction * len(problems))))
-    tiebreak = {p.id: i for i, p in enumerate(random.Random(seed).sample(problems, len(problems)))}
-
-    def last_solved(pid: str) -> int:
-        return max((it for it, ok in history.get(pid, []) if ok), default=0)
-
-    def times(pid: str) -> int:
-        return len(history.get(pid, []))
-
-    def solved_share(pid: str) -> float:
-        return sum(ok for _, ok in history.get(pid, [])) / times(pid) if times(pid) else 0.0
-
-    ranked = sorted(problems, key=lambda p: (last_solved(p.id), times(p.id), tiebreak[p.id]))
-    by_priority = m if not curriculum or accuracy is None else max(1, math.ceil(accuracy ** 2 * m))
-    chosen, rest = ranked[:by_priority], ranked[by_priority:]
-    easiest = sorted(rest, key=lambda p: (-solved_share(p.id), -last_solved(p.id), tiebreak[p.id]))
-    ids = {p.id for p in chosen + easiest[:m - by_priority]}
-    return [p for p in problems if p.id in ids]
-
-
 def clear_unfinished(it_dir: Path) -> None:
     """Remove what an interrupted attempt at this iteration left, except its saved samples."""
     if not distributed.is_main():  # rank 0 keeps the run directory
@@ -263,14 +211,35 @@ def clear_unfinished(it_dir: Path) -> None:
     it_dir.mkdir(parents=True, exist_ok=True)
 
 
-def start_run(cfg: Config):
-    """Open the run directory, build the task, load the model, and make sure iteration 0 (the
-    few-shot base model) is recorded. Returns None when every iteration is already finished."""
+class RunContext(NamedTuple):
+    """What ``start_run`` opens for a method: its run directory, the task and its split, the tokenizer, the
+    base model, and the finished iterations' metrics rows (iteration 0 among them). A tuple, so
+    ``rundir, task, train, test, tokenizer, base, finished = start_run(cfg)`` reads it too."""
+    rundir: RunDir
+    task: Task
+    train: list[Problem]
+    test: list[Problem]
+    tokenizer: Any
+    base: Any
+    finished: dict[int, dict[str, Any]]
+
+
+def open_run(cfg: Config, unread_sections: frozenset[str] = frozenset(), name: str = "") -> RunDir:
+    """Set the thread count and create the run directory, or check its saved config against ``cfg``
+    (``RunDir.prepare``): once per run, by its entry point (``run`` here, ``methods.run_method``)."""
     apply_threads(cfg.run.threads, log)
     rundir = RunDir(cfg.run.output_dir)
-    changed = rundir.prepare(cfg)
+    changed = rundir.prepare(cfg, unread_sections)
     if changed:
-        log(f"continuing with changed settings: {', '.join(changed)}")
+        log(f"{name + ': ' if name else ''}continuing with changed settings: {', '.join(changed)}")
+    return rundir
+
+
+def start_run(cfg: Config) -> RunContext | None:
+    """Build the task, load the model, and make sure iteration 0 (the few-shot base model) is recorded, in
+    the run directory its entry point opened (``open_run``). Returns None when every iteration is already
+    finished."""
+    rundir = RunDir(cfg.run.output_dir)
     task, train_problems, test_problems = build_task(cfg)
     validation = load_validation(cfg, task, train_problems, test_problems)
     finished = rundir.finished()
@@ -282,7 +251,8 @@ def start_run(cfg: Config):
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     base = load_base_model(cfg.model)
     if not cfg.model.load_in_4bit:
-        log(f"the base model runs in {next(base.parameters()).dtype}, not 4-bit (model.load_in_4bit=false)")
+        log(f"the base model runs in {next(base.parameters()).dtype}, not 4-bit (model.load_in_4bit=false)"
+            + (", generating under bfloat16 autocast (sampling.autocast)" if uses_autocast(cfg) else ""))
     if 0 not in finished:
         t0 = time.time()
         result = evaluate_into(rundir.iter_dir(0) / "eval.jsonl", base, tokenizer, task, test_problems, cfg,
@@ -297,18 +267,21 @@ def start_run(cfg: Config):
         rundir.add_metrics(row)
         log(f"iteration 0 (few-shot base): accuracy {result['accuracy']:.3f}")
         finished[0] = row
-    return rundir, task, train_problems, test_problems, tokenizer, base, finished
+    return RunContext(rundir, task, train_problems, test_problems, tokenizer, base, finished)
 
 
 def run(cfg: Config) -> list[dict[str, Any]]:
-    """Run (or continue) STaR as configured; return the metrics rows, one per iteration.
+    """Run (or continue) STaR as configured (``star-lite run``); return the metrics rows, one per iteration.
 
     A second process on the same run.output_dir is refused (RunDirBusy) instead of mixing rows."""
     with RunDir(cfg.run.output_dir).locked(), registered():
-        return _run(cfg)
+        open_run(cfg)
+        return star_loop(cfg)
 
 
-def _run(cfg: Config) -> list[dict[str, Any]]:
+def star_loop(cfg: Config) -> list[dict[str, Any]]:
+    """STaR's iterations (and ReST-EM's, AdaSTaR's, v-star's generator) in a run directory already opened
+    (``open_run``): continues from the last finished iteration."""
     started = start_run(cfg)
     if started is None:
         return RunDir(cfg.run.output_dir).metrics()
@@ -340,13 +313,9 @@ def _run(cfg: Config) -> list[dict[str, Any]]:
         # --- choose the problems: all (STaR), or AdaSTaR's prioritized share ---------------
         problems, carried = train_problems, []
         if cfg.star.adaptive_sampling:
-            last_row = rundir.finished().get(it - 1, {})
-            problems = choose_adaptively(train_problems, sampling_history(rundir, it), cfg.adastar.sample_fraction,
-                                         last_row.get("train_accuracy") if it > 1 else None,
-                                         cfg.adastar.curriculum, seed=cfg.run.seed + it)
-            chosen = {p.id for p in problems}  # the others keep the rationale they were last trained on
-            carried = [dict(k, carried=True) for k in read_jsonl(rundir.iter_dir(it - 1) / "train.jsonl")
-                       if k["id"] not in chosen]
+            from .methods.adastar import choose_problems
+
+            problems, carried = choose_problems(rundir, train_problems, it, cfg)
 
         # --- rationale generation and filtering -------------------------------------------
         t = time.time()

@@ -3,7 +3,7 @@ curriculum's alpha^2 share (Koh et al. 2025)."""
 
 import pytest
 
-from star_lite.loop import choose_adaptively, sampling_history
+from star_lite.methods.adastar import choose_adaptively, sampling_history
 from star_lite.rundir import RunDir, write_jsonl
 from star_lite.tasks import Problem
 

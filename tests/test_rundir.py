@@ -111,3 +111,19 @@ def test_a_busy_run_directory_is_refused_and_a_killed_holder_blocks_nothing(tiny
     assert [r["iteration"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1]
     with RunDir(out).locked(), RunDir(out).locked():  # re-entrant within one process
         pass
+
+
+def test_a_comparison_holding_a_run_saved_before_sampling_autocast_runs_every_method_alike(tmp_path):
+    """A method added to an old comparison must not generate in bfloat16 beside runs that generated in float32."""
+    from star_lite.compare import adopt_saved_comparison
+
+    old = tmp_path / "cmp" / "seed_0" / "star"
+    RunDir(old).prepare(from_dict({}, [f"run.output_dir={old}"]))
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["sampling"]["autocast"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = from_dict({}, [f"compare.output_dir={tmp_path / 'cmp'}"])
+    assert adopt_saved_comparison(cfg, tmp_path / "cmp") == [] and cfg.sampling.autocast == "auto"  # nothing run yet
+    RunDir(old).add_metrics({"iteration": 0, "accuracy": 0.5})
+    assert adopt_saved_comparison(cfg, tmp_path / "cmp") == ["sampling.autocast"]
+    assert cfg.sampling.autocast == "off"

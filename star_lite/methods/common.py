@@ -15,7 +15,8 @@ from ..evaluation import evaluate_into
 from ..loop import log, peak_memory_mb
 from ..models import detach_adapter
 from ..rundir import RunDir
-from ..training import num_steps, release_memory, train_adapter
+from ..trainers.sft import train_adapter
+from ..training import num_steps, release_memory
 
 
 def stopped_for_budget(rundir: RunDir, cfg: Config, where: str) -> bool:

@@ -14,7 +14,8 @@ from ..evaluation import evaluate_into
 from ..loop import clear_unfinished, keep_examples, log, sample_rationales, start_run
 from ..models import detach_adapter, fresh_adapter, load_adapter
 from ..rundir import RunDir, write_jsonl
-from ..training import release_memory, train_adapter, training_steps
+from ..trainers.sft import train_adapter
+from ..training import release_memory, training_steps
 from .common import evaluate_stage, finish_row, first_logged, last_logged
 from .registry import register
 
@@ -90,8 +91,7 @@ def run_dpo(cfg: Config) -> list[dict[str, Any]]:
         policy_samples: list[dict[str, Any]] = []
         if cfg.dpo.pairs_from == "policy" and not budget.cut:
             pair_cache = it_dir / "pairs.partial.jsonl"
-            pair_budget = Budget.for_iteration(rundir.metrics(), cfg, pair_cache, started=t0)
-            pair_budget.tokens += sum(s["tokens"] for s in samples)  # this iteration's first sampling
+            pair_budget = Budget.for_iteration(rundir.metrics(), cfg, pair_cache, started=t0, earlier=samples)
             policy_samples = sample_rationales(sft_model, tokenizer, task, train, sample_cfg, hint=False,
                                                few_shot=cfg.sampling.few_shot_after_training, cache=pair_cache,
                                                num_samples=cfg.dpo.samples_per_problem, budget=pair_budget)

@@ -4,7 +4,7 @@ every comparison measures the trained methods against."""
 from __future__ import annotations
 
 from ..config import Config
-from ..loop import run
+from ..loop import star_loop
 from .registry import register
 
 
@@ -12,4 +12,4 @@ def configure(c: Config, cfg: Config) -> None:
     c.star.iterations = 0
 
 
-register("few-shot", summary="the base model with worked examples, no training", configure=configure, run=run)
+register("few-shot", summary="the base model with worked examples, no training", configure=configure, run=star_loop)

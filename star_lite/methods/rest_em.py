@@ -5,7 +5,7 @@ adapter each iteration trained ``rest_em.epochs`` passes over the kept set (trai
 from __future__ import annotations
 
 from ..config import Config
-from ..loop import run
+from ..loop import star_loop
 from .registry import register
 
 
@@ -18,4 +18,4 @@ def configure(c: Config, cfg: Config) -> None:
 
 
 register("rest-em", summary="STaR-style iterations on several sampled solutions per problem", sections=("rest_em",),
-         configure=configure, run=run)
+         configure=configure, run=star_loop)

@@ -9,7 +9,8 @@ from .. import phases
 from ..config import Config
 from ..loop import start_run
 from ..rundir import RunDir, write_jsonl
-from ..training import num_steps, train_adapter
+from ..trainers.sft import train_adapter
+from ..training import num_steps
 from .common import evaluate_stage, finish_row
 from .registry import register
 

@@ -5,7 +5,7 @@ rest_em.py, adastar.py)."""
 from __future__ import annotations
 
 from ..config import Config
-from ..loop import run
+from ..loop import star_loop
 from .registry import register
 
 
@@ -13,5 +13,5 @@ def no_rationalization(c: Config, cfg: Config) -> None:
     c.star.rationalization = False
 
 
-register("star", summary="STaR: rationales, filter, rationalization, a fresh adapter each iteration", run=run)
-register("star-no-rationalization", summary="STaR without rationalization", configure=no_rationalization, run=run)
+register("star", summary="STaR: rationales, filter, rationalization, a fresh adapter each iteration", run=star_loop)
+register("star-no-rationalization", summary="STaR without rationalization", configure=no_rationalization, run=star_loop)

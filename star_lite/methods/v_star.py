@@ -10,7 +10,7 @@ from typing import Any
 from .. import distributed, phases
 from ..config import Config
 from ..evaluation import majority_correct, score
-from ..loop import build_task, clear_unfinished, log, run as run_star
+from ..loop import build_task, clear_unfinished, log, star_loop
 from ..models import detach_adapter, load_adapter, load_base_model, load_tokenizer
 from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..sampling import generator
@@ -56,7 +56,7 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
         # the verifier is the last stage, whenever the generator stopped (its budget, validation): finished
         log(f"{cfg.run.output_dir}: v-star is finished (the verifier is trained)")
         return done
-    rows = run_star(cfg)
+    rows = star_loop(cfg)
     generations = [r["iteration"] for r in rows if r.get("stage") == "star"]
     if not generations:
         log("v-star: the generator trained no adapter; no verifier")
