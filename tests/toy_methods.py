@@ -25,10 +25,10 @@ def configure(c, cfg):
 @register("self-consistency", summary="the base model's majority answer over k sampled rationales",
           configure=configure)
 def run(cfg):
-    run = start_run(cfg)  # a RunContext; None once every stage is finished
-    if run is None:
+    ctx = start_run(cfg)  # a RunContext; None once every stage is finished
+    if ctx is None:
         return RunDir(cfg.run.output_dir).metrics()
-    rundir, task, test, tokenizer, base = run.rundir, run.task, run.test, run.tokenizer, run.base
+    rundir, task, test, tokenizer, base = ctx.rundir, ctx.task, ctx.test, ctx.tokenizer, ctx.base
     t0, it_dir = phases.start(), rundir.iter_dir(1)
     prompts = [task.prompt(p, num_few_shot=cfg.task.num_few_shot) for p in test for _ in range(K)]
     gens = generator(cfg)(base, tokenizer, prompts, batch_size=cfg.eval.batch_size,
