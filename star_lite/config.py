@@ -128,6 +128,10 @@ class TrainConfig:
     # CPU: bfloat16 autocast where the CPU multiplies bfloat16 natively (AVX512-BF16, AMX); LoRA weights and
     # optimizer state stay float32. GPU: as model.compute_dtype says. (docs/speed.md, with accuracy)
     autocast: str = one_of("auto", "bfloat16", "off")  # auto | bfloat16 | off
+    # CPU: the reward model, GRPO (its updates and rollouts), DPO and the verifier (its training and scoring) under
+    # bfloat16 autocast as SFT is (train.autocast), the frozen base as one bfloat16 copy. GPU: they follow
+    # train.autocast. (docs/speed.md, with accuracy)
+    rl_autocast: str = one_of("auto", "bfloat16", "off")  # auto | bfloat16 | off
     # which LM head computes the loss: "completion" projects only the positions the loss scores (transformers'
     # logits_to_keep), "trl" is TRL's chunked fused head, which also logs entropy and token accuracy
     lm_head: str = one_of("auto", "completion", "trl")  # auto: completion on CPU, trl on GPU (Triton kernels; never

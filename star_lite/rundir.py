@@ -261,7 +261,8 @@ class RunDir:
 # What a run saved before a key existed did, where that differs from the key's default: such a
 # run continues with this value when the key is left at its default, and is compared against it.
 LEGACY_VALUES = {"train.autocast": "off",  # before the switch, training computed in model.compute_dtype
-                 "sampling.autocast": "off"}  # before the switch, generation computed in model.compute_dtype
+                 "sampling.autocast": "off",  # before the switch, generation computed in model.compute_dtype
+                 "train.rl_autocast": "off"}  # before the switch, reward model, GRPO, DPO and verifier ran in float32 on a CPU
 
 
 def adopt_legacy_values(saved: dict[str, Any], cfg: Config) -> list[str]:

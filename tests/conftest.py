@@ -56,7 +56,7 @@ def tiny_config_dict(model_dir: Path, output_dir: Path, **sections) -> dict:
         "star": {"iterations": 2},
         # autocast off: float32 on every machine, so the tests that compare two trainings exactly hold
         "train": {"start_steps": 3, "batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 0, "logging_steps": 1,
-                  "autocast": "off"},
+                  "autocast": "off", "rl_autocast": "off"},
         "eval": {"batch_size": 6, "max_new_tokens": 8},
         "run": {"output_dir": str(output_dir), "seed": 0},
     }

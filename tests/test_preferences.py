@@ -3,6 +3,7 @@ the chosen rationale's log-ratio above the rejected one's, the trained verifier 
 above wrong ones, and the verifier's pairs come from every generator iteration."""
 
 import pytest
+import torch
 
 from star_lite.config import from_dict
 from star_lite.methods import verifier_pairs
@@ -20,8 +21,15 @@ def _pairs():
              "rejected": f" {i} + {j} = {i + j + 1}. The answer is {i + j + 1}."} for i in range(4) for j in range(2)]
 
 
-def test_dpo_raises_the_chosen_log_ratio_and_the_verifier_scores_right_above_wrong(tiny_model_dir, tmp_path):
-    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path))
+@pytest.mark.parametrize("precision", ["4-bit", "bfloat16"])
+def test_dpo_raises_the_chosen_log_ratio_and_the_verifier_scores_right_above_wrong(tiny_model_dir, tmp_path,
+                                                                                   precision):
+    """Also under train.rl_autocast=bfloat16 (an unquantized float32 base as one bfloat16 copy), training and
+    scoring alike."""
+    from star_lite.trainers.args import rl_precision
+
+    extra = {"model": {"load_in_4bit": False}, "train": {"rl_autocast": "bfloat16"}} if precision == "bfloat16" else {}
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, **extra))
     tok = load_tokenizer(cfg.model.name_or_path)
     policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
     policy.save_pretrained(str(tmp_path / "start"))  # the reference: the policy before DPO (LoRA B = 0: the base)
@@ -34,9 +42,12 @@ def test_dpo_raises_the_chosen_log_ratio_and_the_verifier_scores_right_above_wro
     # scored afresh by star_lite: beta * (log pi - log pi_ref), chosen above rejected on every pair
     verifier = load_verifier(detach_adapter(model), tmp_path / "adapter", tmp_path / "start")
     prompts = [p["prompt"] for p in pairs]
-    chosen = verifier_scores(verifier, tok, prompts, [p["chosen"] for p in pairs], beta=0.1)
-    rejected = verifier_scores(verifier, tok, prompts, [p["rejected"] for p in pairs], beta=0.1)
+    with rl_precision(verifier, cfg, autocast=True) as bf16:
+        chosen = verifier_scores(verifier, tok, prompts, [p["chosen"] for p in pairs], beta=0.1)
+        rejected = verifier_scores(verifier, tok, prompts, [p["rejected"] for p in pairs], beta=0.1)
+    assert bf16 is (precision == "bfloat16")
     assert all(c > r for c, r in zip(chosen, rejected)), list(zip(chosen, rejected))
+    assert all(p.dtype != torch.bfloat16 for p in verifier.parameters())  # float32 (or NF4) again after
 
 
 def test_verifier_pairs_come_from_every_generator_iteration(tmp_path):

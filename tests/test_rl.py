@@ -302,3 +302,51 @@ def test_grpo_stops_at_the_first_step_that_reaches_the_token_budget(tiny_model_d
     assert 0 < row["rl_steps"] == len(per_step) < 6  # stopped early ...
     assert row["generated_tokens"] >= 12  # ... because the budget was reached ...
     assert row["generated_tokens"] - per_step[max(per_step)] < 12  # ... and not a step later
+
+
+# --- train.rl_autocast: the RL and preference trainers under bfloat16 on a CPU ---------------------------
+
+def test_rl_autocast_is_automatic_only_where_the_cpu_computes_bfloat16(monkeypatch):
+    """``train.rl_autocast: auto`` under both answers of the probe, never for a 4-bit base on a CPU; a GPU
+    follows train.autocast; the trainers' arguments carry the answer."""
+    import star_lite.trainers.args as args
+
+    unquantized = ["model.device=cpu", "model.load_in_4bit=false"]
+    for native in (True, False):
+        monkeypatch.setattr(args, "native_bfloat16", lambda device, native=native: native)
+        assert args.rl_bf16(from_dict({}, unquantized)) is native
+        assert args.trainer_args(from_dict({}, unquantized))["bf16"] is native
+        assert args.rl_bf16(from_dict({}, [*unquantized, "train.rl_autocast=bfloat16"]))
+        assert not args.rl_bf16(from_dict({}, [*unquantized, "train.rl_autocast=off"]))
+    monkeypatch.setattr(args, "native_bfloat16", lambda device: True)
+    assert not args.rl_bf16(from_dict({}, ["model.device=cpu", "model.load_in_4bit=true"]))
+    assert not args.rl_bf16(from_dict({}, [*unquantized, "train.autocast=bfloat16", "train.rl_autocast=off"]))
+
+
+@pytest.mark.parametrize("sampler", ["star_lite", "trl"])
+def test_grpo_under_rl_autocast_rolls_out_and_updates_in_bfloat16(tiny_model_dir, tmp_path, monkeypatch, sampler):
+    """Under train.rl_autocast=bfloat16 the frozen base is a bfloat16 copy during GRPO, so its rollouts (either
+    sampler) must run under autocast too (TRL's generate meets bfloat16 weights with a float32 input
+    otherwise); the matmuls of the rollouts and of the updates are bfloat16, the float32 base and LoRA weights
+    are back after."""
+    from star_lite.trainers import grpo
+
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                     train={"rl_autocast": "bfloat16"},
+                                     rl={**RL, "max_completion_length": 6, "rollout_sampler": sampler}))
+    tok = load_tokenizer(cfg.model.name_or_path)
+    base = load_base_model(cfg.model)
+    policy = fresh_adapter(base, cfg.model)
+    head = policy.base_model.model.model.layers[0].mlp.down_proj.base_layer
+    seen = []
+    head.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype, m.weight.dtype)))
+    task = ArithmeticTask(1, 1)
+    problems = task.load("train", 2, 0)
+    model, trained = train_rl(policy, tok, task, problems, make_reward(task, {p.id: p for p in problems}), cfg,
+                              tmp_path)
+    assert trained.history and all(r["reward"] is not None for r in trained.history)
+    assert {dtype for _, dtype, _ in seen} == {torch.bfloat16}
+    assert {dtype for _, _, dtype in seen} == {torch.bfloat16}  # the frozen base as one bfloat16 copy
+    assert any(grad for grad, _, _ in seen) and any(not grad for grad, _, _ in seen)  # updates and rollouts
+    assert head.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)

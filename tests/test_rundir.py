@@ -57,19 +57,20 @@ def test_a_config_saved_before_a_key_existed_is_read_with_what_that_code_did(tmp
     assert rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}", "train.autocast=off"])) == []
 
 
-def test_a_run_saved_before_sampling_autocast_keeps_generating_in_float32(tmp_path):
+@pytest.mark.parametrize("section, key", [("sampling", "autocast"), ("train", "rl_autocast")])
+def test_a_run_saved_before_an_autocast_switch_keeps_computing_in_float32(tmp_path, section, key):
     rd = RunDir(tmp_path)
     rd.prepare(from_dict({}, [f"run.output_dir={tmp_path}"]))
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    del saved["sampling"]["autocast"]
+    del saved[section][key]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     cfg = from_dict({}, [f"run.output_dir={tmp_path}"])
     rd.prepare(cfg)
-    assert cfg.sampling.autocast == "auto"  # nothing done yet: today's default
+    assert getattr(getattr(cfg, section), key) == "auto"  # nothing done yet: today's default
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     rd.add_metrics({"iteration": 0, "accuracy": 0.5})
     cfg = from_dict({}, [f"run.output_dir={tmp_path}"])
-    assert rd.prepare(cfg) == [] and cfg.sampling.autocast == "off"
+    assert rd.prepare(cfg) == [] and getattr(getattr(cfg, section), key) == "off"
 
 
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):

@@ -16,6 +16,7 @@ from ..rundir import RunDir, read_jsonl, write_jsonl
 from ..sampling import generator
 from ..stats import wilson
 from ..tasks import Problem, Task
+from ..trainers.args import rl_precision
 from ..training import release_memory
 from .common import finish_row, last_logged
 from .registry import register
@@ -104,7 +105,7 @@ def run_v_star(cfg: Config) -> list[dict[str, Any]]:
     base = detach_adapter(gen)
     del gen
     verifier = load_verifier(base, it_dir / "verifier", reference)
-    with phases.phase("verifier_scoring"):
+    with phases.phase("verifier_scoring"), rl_precision(verifier, cfg, autocast=True):
         scores = verifier_scores(verifier, tokenizer, [task.format_question(p) for p in test for _ in range(k)],
                                  [task.format_completion(t) for t in texts], cfg.v_star.beta)
     candidates = []

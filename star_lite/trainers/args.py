@@ -5,8 +5,9 @@ last three also share the adapter's dtype and how a trained policy is saved (bel
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -16,7 +17,7 @@ from ..progress import bars_enabled
 
 
 def uses_bf16_autocast(setting: str, device: str, dtype: torch.dtype) -> bool:
-    """Whether SFT runs under bfloat16 autocast (``train.autocast``). The trainable LoRA weights and the
+    """Whether a trainer runs under bfloat16 autocast (SFT: ``train.autocast``; the others ``rl_bf16``). The trainable LoRA weights and the
     optimizer state stay float32 either way; only the matmuls run in bfloat16.
 
     >>> uses_bf16_autocast("off", "cpu", torch.float32), uses_bf16_autocast("bfloat16", "cpu", torch.float32)
@@ -29,25 +30,18 @@ def uses_bf16_autocast(setting: str, device: str, dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and native_bfloat16(device)  # emulated bfloat16 is slower than float32
 
 
-def shared_args(cfg: Config, *, cpu_autocast: bool) -> dict[str, Any]:
-    """The TrainingArguments fields every star_lite trainer sets alike.
-
-    Precision: on a GPU the model's compute dtype (bf16 or fp16 mixed precision). On a CPU,
-    ``cpu_autocast`` decides: SFT passes True and follows ``train.autocast`` (bfloat16 autocast where the
-    CPU computes it natively); the reward model, GRPO and DPO pass False and train in float32 on a CPU,
-    as every comparison so far measured them (their bfloat16 accuracy is not measured yet).
+def shared_args(cfg: Config, *, bf16: bool) -> dict[str, Any]:
+    """The TrainingArguments fields every star_lite trainer sets alike; ``bf16``: bfloat16 autocast (SFT:
+    ``uses_bf16_autocast(train.autocast)``, the others ``rl_bf16``). On a GPU without it, fp16 mixed
+    precision where the model computes in float16.
 
     >>> from star_lite.config import from_dict
-    >>> a = shared_args(from_dict({"model": {"device": "cpu"}}), cpu_autocast=False)
+    >>> a = shared_args(from_dict({"model": {"device": "cpu"}}), bf16=False)
     >>> a["use_cpu"], a["bf16"], a["fp16"], a["save_strategy"], a["activation_checkpointing"]
     (True, False, False, 'no', False)
     """
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.compute_dtype, device)
-    if device == "cuda" or cpu_autocast:
-        bf16 = uses_bf16_autocast(cfg.train.autocast, device, dtype)
-    else:
-        bf16 = False
     return {"use_cpu": device == "cpu", "bf16": bf16, "fp16": device == "cuda" and dtype == torch.float16 and not bf16,
             "report_to": cfg.train.report_to, "save_strategy": "no", "seed": cfg.run.seed,
             "logging_steps": cfg.train.logging_steps, "disable_tqdm": not bars_enabled(),
@@ -55,10 +49,51 @@ def shared_args(cfg: Config, *, cpu_autocast: bool) -> dict[str, Any]:
             "activation_checkpointing": cfg.train.gradient_checkpointing}
 
 
+def rl_bf16(cfg: Config) -> bool:
+    """Whether the reward model, GRPO, DPO and the verifier compute under bfloat16 autocast: on a GPU as
+    SFT does (``train.autocast``), on a CPU as ``train.rl_autocast`` says (auto: where the CPU multiplies
+    bfloat16 natively and the base is unquantized float32, as ``sampling.autocast``; NF4 on a CPU under
+    bfloat16 is not measured).
+
+    >>> from star_lite.config import from_dict
+    >>> rl_bf16(from_dict({"model": {"device": "cpu"}, "train": {"rl_autocast": "off"}}))
+    False
+    >>> rl_bf16(from_dict({"model": {"device": "cpu"}, "train": {"rl_autocast": "bfloat16", "autocast": "off"}}))
+    True
+    """
+    device = resolve_device(cfg.model.device)
+    if device == "cuda":
+        return uses_bf16_autocast(cfg.train.autocast, device, resolve_dtype(cfg.model.compute_dtype, device))
+    if cfg.train.rl_autocast == "auto" and cfg.model.load_in_4bit:
+        return False
+    return uses_bf16_autocast(cfg.train.rl_autocast, device, resolve_dtype(cfg.model.compute_dtype, device))
+
+
 def trainer_args(cfg: Config) -> dict[str, Any]:
-    """``shared_args`` as the reward model, GRPO and DPO take them: float32 on a CPU (their bfloat16 autocast
-    was not measured)."""
-    return shared_args(cfg, cpu_autocast=False)
+    """``shared_args`` as the reward model, GRPO and DPO take them (precision: ``rl_bf16``)."""
+    return shared_args(cfg, bf16=rl_bf16(cfg))
+
+
+@contextlib.contextmanager
+def rl_precision(model, cfg: Config, *, autocast: bool = False) -> Iterator[bool]:
+    """Around a reward, GRPO or DPO trainer's ``train()`` (or, with ``autocast``, the verifier's scoring):
+    under ``rl_bf16`` on a CPU, the frozen float32 base as one bfloat16 copy (autocast would cast it at every
+    matmul to the same values) and, with ``autocast``, the block under bfloat16 autocast (a trainer's forward
+    has it from accelerate). Yields whether it applies; float32 again after."""
+    device = resolve_device(cfg.model.device)
+    if not (rl_bf16(cfg) and device == "cpu"):
+        yield False
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    from ..fastpaths import bfloat16_frozen_weights
+
+    with contextlib.ExitStack() as stack:
+        if autocast:
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        stack.enter_context(bfloat16_frozen_weights(model))
+        stack.enter_context(disable_input_dtype_casting(model))  # as in SFT: a bfloat16 input stays bfloat16
+        yield True
 
 
 def match_adapter_dtype(model, cfg: Config) -> None:

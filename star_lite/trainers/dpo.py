@@ -10,7 +10,7 @@ import torch
 from .. import phases
 from ..config import Config
 from ..progress import quiet_trainer
-from .args import match_adapter_dtype, save_policy, trainer_args
+from .args import match_adapter_dtype, rl_precision, save_policy, trainer_args
 from ..training import TrainingError, release_memory
 
 
@@ -66,7 +66,8 @@ def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_d
             if ".ref." in name:
                 p.requires_grad_(False)
     match_adapter_dtype(model, cfg)
-    trainer.train()
+    with rl_precision(model, cfg):
+        trainer.train()
     model, result = save_policy(trainer, out_dir, out_dir / "dpo_trainer")
     del trainer
     release_memory()

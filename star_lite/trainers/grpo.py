@@ -21,7 +21,7 @@ from ..progress import quiet as quiet_bars
 from ..rundir import append_jsonl
 from ..tasks import Problem, Task
 from .reward import reward_scores
-from .args import match_adapter_dtype, save_policy, trainer_args
+from .args import match_adapter_dtype, rl_precision, save_policy, trainer_args
 from ..training import TrainingError, release_memory
 
 
@@ -180,6 +180,13 @@ def _stopping_grpo_trainer():
                                 pad_id=self._tokenizer.pad_token_id)
 
         def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+            # accelerate autocasts the model's forward, not generate: the rollouts get the same bfloat16
+            # autocast as the updates (train.rl_autocast; on a CPU the frozen base is then a bfloat16 copy)
+            bf16_on_cpu = self.args.bf16 and self.accelerator.device.type == "cpu"
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16_on_cpu else contextlib.nullcontext():
+                return self._rollouts(prompt_ids, *args, **kwargs)
+
+        def _rollouts(self, prompt_ids, *args, **kwargs):
             if self.rollout_sampler == "star_lite":
                 return self._star_lite_rollouts(prompt_ids), None
             # Cut here, before TRL builds completion_mask and counts tokens from these lists: tokens past
@@ -430,7 +437,8 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     trainer.add_callback(StopAtBudget())
     trainer.add_callback(recorder)
     match_adapter_dtype(trainer.model, cfg)
-    trainer.train()
+    with rl_precision(trainer.model, cfg):
+        trainer.train()
     model, result = save_policy(trainer, out_dir, out_dir / "rl_trainer", key="reward")
     result.stop_reason = "budget" if budget_reached() else "steps"
     result.history = recorder.rows  # one row per step, with star_lite's diagnostics beside TRL's logs

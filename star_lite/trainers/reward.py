@@ -14,7 +14,7 @@ from ..models import (bnb_config, lora_config, process_device, quantized_placeme
                      resolve_model_path)
 from ..progress import quiet_libraries, quiet_trainer
 from ..stats import wilson
-from .args import match_adapter_dtype, trainer_args
+from .args import match_adapter_dtype, rl_precision, trainer_args
 from ..training import TrainingError, TrainResult, release_memory, remove_if_empty, save_adapter
 
 
@@ -79,7 +79,8 @@ def train_reward_model(cfg: Config, tokenizer, pairs: list[dict[str, Any]], out_
     trainer = quiet_trainer(RewardTrainer(model=reward_model_start(cfg, tokenizer, init_adapter), args=args,
                                           train_dataset=data, processing_class=tokenizer))
     match_adapter_dtype(trainer.model, cfg)
-    trainer.train()
+    with rl_precision(trainer.model, cfg):
+        trainer.train()
     model = trainer.model
     save_adapter(model, out_dir / "reward_model")
     remove_if_empty(out_dir / "reward_trainer")

@@ -128,7 +128,7 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
         dataset_num_proc=None,
         # device, precision (bfloat16 autocast on a capable CPU too: float32 LoRA weights and optimizer
         # state, bfloat16 matmuls), logging, seed, checkpointing: as every trainer sets them
-        **shared_args(cfg, cpu_autocast=True),
+        **shared_args(cfg, bf16=bf16),
     )
     trainer_class = _trainer_class(lm_head_kind(cfg.train.lm_head, device))
     trainer = quiet_trainer(trainer_class(model=model, args=args, train_dataset=Dataset.from_list(examples),
