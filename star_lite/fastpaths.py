@@ -237,3 +237,50 @@ def fast_lora_dropout(model) -> Iterator[int]:
 def resolve(setting: str, on: str, helps: bool) -> bool:
     """A switch's value: ``auto`` means ``helps``; otherwise whether it is set to ``on``."""
     return helps if setting == "auto" else setting == on
+
+
+class ScoredPositionsLogProb:
+    """TRL's fused LM head (``trl.kernels.ChunkedLogProbFunction``) as plain torch, for devices without
+    Triton, where TRL's version folds every vocabulary tile of every position (prompt and padding too)
+    in a loop of float32 elementwise passes. Given only the scored positions (TRL's compact path), it
+    projects them in one matmul (in the autocast dtype, as TRL's tiles are), takes the softmax in float32
+    and lets autograd do the backward. Same outputs, in the same order: log-probabilities, entropy,
+    log(sum p^2), the mean logit and whether the target is the first argmax (None where not asked)."""
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
+              logit_scale=1.0, outputs=("log_probs",)):
+        z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
+        if final_logit_softcapping is not None:
+            z = final_logit_softcapping * torch.tanh(z / final_logit_softcapping)
+        z = z * (1 / temperature)
+        log_p = torch.log_softmax(z, dim=-1)
+        log_probs = log_p.gather(-1, targets[:, None])[:, 0]
+        entropy = -(log_p.exp() * log_p).sum(-1) if "entropy" in outputs else None
+        with torch.no_grad():  # TRL marks these three non-differentiable
+            log_sum_sq = torch.logsumexp(2 * log_p, dim=-1) if "log_sum_sq_probs" in outputs else None
+            mean_logits = z.mean(-1) if "mean_logits" in outputs else None
+            is_top1 = z.argmax(-1) == targets if "is_top1" in outputs else None
+        return log_probs, entropy, log_sum_sq, mean_logits, is_top1
+
+
+@contextlib.contextmanager
+def scored_positions_head() -> Iterator[bool]:
+    """While inside, TRL's fused LM head (DPO, GRPO) gets only the positions whose next token is scored,
+    as it does on a Triton device, and computes them with ``ScoredPositionsLogProb``. Yields whether it
+    applies (False with a TRL that lacks the hooks: its own head then runs); TRL's own after."""
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        yield False
+        return
+    if not all(hasattr(trl_utils, name) for name in ("_use_triton", "_ChunkedLogProbFunction")):
+        yield False
+        return
+    before = trl_utils._use_triton, trl_utils._ChunkedLogProbFunction
+    trl_utils._use_triton = lambda device: True  # only where it decides to pass the scored positions alone
+    trl_utils._ChunkedLogProbFunction = ScoredPositionsLogProb
+    try:
+        yield True
+    finally:
+        trl_utils._use_triton, trl_utils._ChunkedLogProbFunction = before

@@ -79,3 +79,97 @@ def test_pairs_per_problem_are_capped_at_every_right_wrong_combination(tmp_path,
              for n, x in enumerate("uvw")]
     write_jsonl(rundir.iter_dir(1) / "samples.jsonl", right + wrong)
     assert len(verifier_pairs(task, train, rundir, [1], max_pairs_per_problem=cap)) == want
+
+
+def test_scored_positions_head_computes_what_trls_chunked_head_does():
+    """fastpaths.ScoredPositionsLogProb against TRL's ChunkedLogProbFunction (its torch fallback): every
+    output and the gradients of hidden and weight, with a temperature, a logit scale and soft-capping."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    from star_lite.fastpaths import ScoredPositionsLogProb
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(9, 16, dtype=torch.float64), torch.randn(300, 16, dtype=torch.float64)
+    targets = torch.randint(0, 300, (9,))
+    targets[0] = int((hidden[0] @ weight.T).argmax())  # one target that is the top token
+    outputs = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    results = {}
+    for name, head in (("trl", ChunkedLogProbFunction), ("ours", ScoredPositionsLogProb)):
+        h, w = hidden.clone().float().requires_grad_(), weight.clone().float().requires_grad_()
+        out = head.apply(h, w, None, targets, 0.7, 128, 30.0, 0.5, outputs)
+        (out[0].sum() + 0.3 * out[1].sum()).backward()
+        results[name] = (out, h.grad, w.grad)
+    (trl_out, trl_h, trl_w), (our_out, our_h, our_w) = results["trl"], results["ours"]
+    for a, b in zip(our_out[:4], trl_out[:4]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(our_out[4], trl_out[4]) and bool(our_out[4][0])
+    torch.testing.assert_close(our_h, trl_h, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(our_w, trl_w, rtol=1e-4, atol=1e-5)
+
+
+def test_dpo_with_the_scored_positions_head_trains_as_trls_head(tiny_model_dir, tmp_path, monkeypatch):
+    """train.lm_head=completion (auto on a CPU) gives TRL's DPO the scored positions alone, through
+    ScoredPositionsLogProb: the same losses and adapter as TRL's own head, and TRL's head back after."""
+    import trl.trainer.utils as trl_utils
+    from trl.kernels import ChunkedLogProbFunction
+
+    from star_lite import fastpaths
+
+    calls = []
+    original = fastpaths.ScoredPositionsLogProb.apply
+    monkeypatch.setattr(fastpaths.ScoredPositionsLogProb, "apply",
+                        staticmethod(lambda hidden, *a, **k: calls.append(hidden.shape[0]) or original(hidden, *a, **k)))
+    results = {}
+    for head in ("trl", "completion"):
+        cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                         train={"lm_head": head, "rl_autocast": "off"}))
+        tok = load_tokenizer(cfg.model.name_or_path)
+        torch.manual_seed(0)
+        policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
+        model, trained = train_dpo(policy, tok, _pairs(), cfg, tmp_path / head, steps=4, learning_rate=1e-2,
+                                   batch_size=4, beta=0.1)
+        results[head] = ([h["loss"] for h in trained.history],
+                         {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
+        assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbFunction  # TRL's own head again after
+    (trl_loss, trl_w), (own_loss, own_w) = results["trl"], results["completion"]
+    assert len(trl_loss) == 4 and own_loss == pytest.approx(trl_loss, rel=1e-4)
+    for k in trl_w:
+        torch.testing.assert_close(own_w[k], trl_w[k], rtol=1e-3, atol=1e-5)
+    # only the scored positions reached the head (TRL on a CPU passes every position, prompt and padding too):
+    # at most a batch of 4 pairs' chosen and rejected completions, EOS included
+    longest = max(len(tok(p[k])["input_ids"]) for p in _pairs() for k in ("chosen", "rejected")) + 1
+    assert calls and max(calls) <= 8 * longest < 8 * max(len(tok(p["prompt"])["input_ids"]) for p in _pairs()) + 8 * longest
+
+
+def test_verifier_scores_each_distinct_candidate_once_and_projects_only_completion_positions(tiny_model_dir,
+                                                                                            tmp_path):
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False}))
+    tok = load_tokenizer(cfg.model.name_or_path)
+    base = load_base_model(cfg.model)
+    start = fresh_adapter(base, cfg.model)
+    with torch.no_grad():  # a verifier that differs from its reference
+        for name, p in start.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    start.save_pretrained(str(tmp_path / "verifier"))
+    base = detach_adapter(start)
+    fresh_adapter(base, cfg.model).save_pretrained(str(tmp_path / "reference"))
+    verifier = load_verifier(base, tmp_path / "verifier", tmp_path / "reference")
+    pairs = _pairs()[:3]
+    prompts = [p["prompt"] for p in pairs for _ in range(3)]  # every candidate drawn three times
+    completions = [p[k] for p in pairs for k in ("chosen", "chosen", "rejected")]
+    rows, positions = [], []  # rows through the model; positions through the LM head
+    inner = verifier.get_base_model()
+    hooks = [inner.model.register_forward_hook(lambda m, a, k, out: rows.append(k["input_ids"].shape[0]),
+                                               with_kwargs=True),
+             inner.lm_head.register_forward_hook(lambda m, a, out: positions.append(a[0].shape[-2]))]
+    scores = verifier_scores(verifier, tok, prompts, completions, beta=0.1)
+    for h in hooks:
+        h.remove()
+    assert sum(rows) == 2 * 6  # 6 distinct (prompt, completion) pairs, under the verifier and the reference
+    completion_tokens = sum(len(tok(p + c)["input_ids"]) - len(tok(p)["input_ids"])
+                            for p, c in dict.fromkeys(zip(prompts, completions)))
+    assert sum(positions) == 2 * completion_tokens  # the LM head saw the completion positions only
+    assert scores[0] == scores[1] and scores[0] != scores[2]
+    one_each = verifier_scores(verifier, tok, prompts[::3] + prompts[2::3], completions[::3] + completions[2::3], 0.1)
+    assert scores[0::3] + scores[2::3] == pytest.approx(one_each, abs=1e-6)

@@ -96,6 +96,22 @@ def rl_precision(model, cfg: Config, *, autocast: bool = False) -> Iterator[bool
         yield True
 
 
+@contextlib.contextmanager
+def rl_lm_head(cfg: Config) -> Iterator[bool]:
+    """``train.lm_head`` for TRL's DPO and GRPO trainers, around their ``train()``: with ``completion`` (``auto``
+    on a CPU) TRL's fused head scores only the positions the loss reads, in plain torch
+    (``fastpaths.scored_positions_head``); on a GPU (``auto``, ``trl``) TRL's Triton head runs. Yields whether
+    it applies."""
+    from ..fastpaths import scored_positions_head
+    from .sft import lm_head_kind
+
+    if lm_head_kind(cfg.train.lm_head, resolve_device(cfg.model.device)) != "completion":
+        yield False
+        return
+    with scored_positions_head() as applied:
+        yield applied
+
+
 def match_adapter_dtype(model, cfg: Config) -> None:
     """TRL casts QLoRA adapter weights to bfloat16; keep them in the compute dtype instead, which
     on a CPU is float32 (bfloat16 adapters on a float32 base fail with a dtype mismatch)."""

@@ -10,7 +10,7 @@ import torch
 from .. import phases
 from ..config import Config
 from ..progress import quiet_trainer
-from .args import match_adapter_dtype, rl_precision, save_policy, trainer_args
+from .args import match_adapter_dtype, rl_lm_head, rl_precision, save_policy, trainer_args
 from ..training import TrainingError, release_memory
 
 
@@ -66,7 +66,7 @@ def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_d
             if ".ref." in name:
                 p.requires_grad_(False)
     match_adapter_dtype(model, cfg)
-    with rl_precision(model, cfg):
+    with rl_precision(model, cfg), rl_lm_head(cfg):
         trainer.train()
     model, result = save_policy(trainer, out_dir, out_dir / "dpo_trainer")
     del trainer
@@ -77,7 +77,9 @@ def train_dpo(policy, tokenizer, pairs: list[dict[str, Any]], cfg: Config, out_d
 @torch.no_grad()
 def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[str],
                       batch_size: int = 16) -> list[float]:
-    """Sum of the log-probabilities of each completion's tokens after its prompt."""
+    """Sum of the log-probabilities of each completion's tokens after its prompt. Only the positions that
+    predict a completion token reach the LM head (transformers' ``logits_to_keep`` as a mask): the prompt's
+    and the padding's logits over the whole vocabulary were computed and thrown away."""
     device = next(model.parameters()).device
     out: list[float] = []
     side = tokenizer.padding_side
@@ -87,12 +89,18 @@ def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[st
             ps, cs = prompts[i:i + batch_size], completions[i:i + batch_size]
             starts = [len(tokenizer(p)["input_ids"]) for p in ps]
             enc = tokenizer([p + c for p, c in zip(ps, cs)], return_tensors="pt", padding=True).to(device)
-            logps = torch.log_softmax(model(**enc).logits[:, :-1].float(), dim=-1)
-            token_logps = logps.gather(-1, enc["input_ids"][:, 1:, None])[..., 0]
-            mask = enc["attention_mask"][:, 1:].clone()
+            ids, real = enc["input_ids"], enc["attention_mask"].bool()
+            scored = torch.zeros_like(real)  # position t scores token t + 1: the completion's tokens, not padding
             for row, start in enumerate(starts):
-                mask[row, :start - 1] = 0  # prompt tokens are given, not generated
-            out += (token_logps * mask).sum(-1).tolist()
+                scored[row, start - 1:-1] = real[row, start:]
+            sums = torch.zeros(len(ps), dtype=torch.float32, device=device)
+            if bool(scored.any()):
+                logits = model(**enc, logits_to_keep=scored).logits
+                logits = logits.reshape(-1, logits.size(-1)).float()
+                targets = ids[:, 1:][scored[:, :-1]]
+                token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+                sums.index_add_(0, scored.nonzero()[:, 0], token_logps)
+            out += sums.tolist()
     finally:
         tokenizer.padding_side = side
     return out
@@ -100,13 +108,17 @@ def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[st
 
 def verifier_scores(model, tokenizer, prompts: list[str], completions: list[str], beta: float) -> list[float]:
     """V-STaR's verifier score, DPO's implicit reward: beta * (log pi_verifier - log pi_reference) of the
-    completion. ``model`` holds the adapters "verifier" and "reference" (see ``load_verifier``)."""
+    completion. ``model`` holds the adapters "verifier" and "reference" (see ``load_verifier``). A candidate
+    drawn twice for the same prompt (k candidates at a temperature often repeat) is scored once."""
+    unique = list(dict.fromkeys(zip(prompts, completions)))
+    ps, cs = [p for p, _ in unique], [c for _, c in unique]
     model.set_adapter("verifier")
-    mine = sequence_logprobs(model, tokenizer, prompts, completions)
+    mine = sequence_logprobs(model, tokenizer, ps, cs)
     model.set_adapter("reference")
-    ref = sequence_logprobs(model, tokenizer, prompts, completions)
+    ref = sequence_logprobs(model, tokenizer, ps, cs)
     model.set_adapter("verifier")
-    return [beta * (a - b) for a, b in zip(mine, ref)]
+    score = {pair: beta * (a - b) for pair, a, b in zip(unique, mine, ref)}
+    return [score[pair] for pair in zip(prompts, completions)]
 
 
 def load_verifier(base, verifier: str | Path, reference: str | Path):

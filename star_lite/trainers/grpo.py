@@ -21,7 +21,7 @@ from ..progress import quiet as quiet_bars
 from ..rundir import append_jsonl
 from ..tasks import Problem, Task
 from .reward import reward_scores
-from .args import match_adapter_dtype, rl_precision, save_policy, trainer_args
+from .args import match_adapter_dtype, rl_lm_head, rl_precision, save_policy, trainer_args
 from ..training import TrainingError, release_memory
 
 
@@ -437,7 +437,7 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
     trainer.add_callback(StopAtBudget())
     trainer.add_callback(recorder)
     match_adapter_dtype(trainer.model, cfg)
-    with rl_precision(trainer.model, cfg):
+    with rl_precision(trainer.model, cfg), rl_lm_head(cfg):
         trainer.train()
     model, result = save_policy(trainer, out_dir, out_dir / "rl_trainer", key="reward")
     result.stop_reason = "budget" if budget_reached() else "steps"
