@@ -98,6 +98,11 @@ class SamplingConfig:
     # natively (AVX512-BF16, AMX) and an unquantized float32 base; off elsewhere (a GPU already samples in
     # model.compute_dtype). GRPO's rollouts stay in the RL trainer's dtype. (docs/speed.md, with accuracy)
     autocast: str = one_of("auto", "bfloat16", "off")
+    # hf shared-prefix loop, temperature > 0: how a token is drawn from the warped distribution. "cdf": one uniform
+    # number per row against the cumulative probabilities; "multinomial": torch.multinomial, which on a CPU draws
+    # an exponential number for every vocabulary entry (a third of a sampling step here). The same distribution,
+    # another random stream. auto: cdf on a CPU, multinomial elsewhere. GRPO's star_lite rollouts follow it.
+    draw: str = one_of("auto", "cdf", "multinomial")
     vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 
 
@@ -334,6 +339,7 @@ RESUMABLE_KEYS = {
     "sampling.batch_size",
     "sampling.backend",
     "sampling.prefix_attention",
+    "sampling.draw",  # the same distribution, another random stream
     "rl.rollout_sampler",  # the same distribution, another sampler
     "sampling.vllm_options",
     "eval.batch_size",

@@ -122,7 +122,7 @@ def test_shared_prefix_sampling_follows_generate(tiny_model_dir, tmp_path, monke
     task = load_task("arithmetic", min_digits=1, max_digits=3, rationale="plain")
     prompts = [task.prompt(p, num_few_shot=3) for p in task.load("test", 7, 0)]
     runs = [generate(model, tok, prompts, batch_size=4, max_new_tokens=10, temperature=0.7, top_p=0.9,
-                     stop_strings=("\n\n",), prefix_attention=how) for how in ("shared", "copied")]
+                     stop_strings=("\n\n",), prefix_attention=how, draw="multinomial") for how in ("shared", "copied")]
     assert [g.token_ids for g in runs[0]] == [g.token_ids for g in runs[1]]
 
 
@@ -213,10 +213,12 @@ def _tv(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
+@pytest.mark.parametrize("draw", ["cdf", "multinomial"])
 @pytest.mark.parametrize("temperature, top_k, top_p", [(0.5, 0, 1.0), (1.0, 4, 1.0), (1.0, 0, 0.6)])
-def test_sampled_tokens_follow_temperature_top_k_and_top_p(tiny_model_dir, temperature, top_k, top_p):
+def test_sampled_tokens_follow_temperature_top_k_and_top_p(tiny_model_dir, temperature, top_k, top_p, draw):
     """The first sampled token of many copies of one prompt, against the distribution worked out here from
-    the model's logits: softmax(logits / T), cut to the k most likely, then to the smallest set reaching p."""
+    the model's logits: softmax(logits / T), cut to the k most likely, then to the smallest set reaching p;
+    drawn either way (sampling.draw)."""
     tok = load_tokenizer(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with torch.no_grad():  # a peaked next-token distribution: a handful of tokens carry the mass
@@ -239,7 +241,7 @@ def test_sampled_tokens_follow_temperature_top_k_and_top_p(tiny_model_dir, tempe
     torch.manual_seed(0)
     n = 1200
     got = generate(model, tok, [prompt] * n, batch_size=400, max_new_tokens=1, temperature=temperature,
-                   top_p=top_p, stop_strings=("\n\n",))
+                   top_p=top_p, stop_strings=("\n\n",), draw=draw)
     counts = torch.bincount(torch.tensor([g.token_ids[0] for g in got]), minlength=len(want)).double()
     assert counts[want == 0].sum() == 0, "a token outside top-k / top-p was drawn"
     # 1,200 draws: the total-variation distance of the empirical distribution is about 0.03 or less here
@@ -325,3 +327,34 @@ def test_bench_prints_what_generation_autocast_gives(tiny_model_dir, tmp_path, c
     result = bench(cfg, repeats=1, num_prompts=2, sft_steps=1)
     assert "evaluation, bf16 autocast vs float32" in capsys.readouterr().out
     assert result["generation_autocast"] and result["median"]["autocast_ratio"] > 0
+
+
+def test_the_cdf_draw_takes_each_rows_token_by_its_cumulative_probability_in_a_batch_of_mixed_lengths(
+        tiny_model_dir, monkeypatch):
+    """sampling.draw=cdf under a fixed draw: rows whose prompts differ in length, in one batch, each get the
+    token whose cumulative probability first passes its uniform number (worked out here from the row's own
+    logits, computed alone), and a token of probability 0 never."""
+    from star_lite.sampling import prefix_decode
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]])
+    assert prefix_decode.draw_by_cdf(probs, torch.tensor([0.0, 0.0])).tolist() == [0, 3]
+    assert prefix_decode.draw_by_cdf(probs, torch.tensor([0.1, 0.5])).tolist() == [2, 3]  # 0.1 sits past token 0
+    assert prefix_decode.draw_by_cdf(probs, torch.tensor([0.7, 0.9999999])).tolist() == [2, 3]
+    assert prefix_decode.draw_by_cdf(probs, torch.tensor([0.71, 1.0])).tolist() == [3, 3]  # top: never a 0
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    task = load_task("arithmetic", min_digits=1, max_digits=3, rationale="plain")
+    prompts = [task.prompt(p, num_few_shot=2) for p in task.load("test", 6, 0)]
+    ids = tok(prompts)["input_ids"]
+    assert len({len(r) for r in ids}) >= 3, "the prompts must differ in length"
+    uniforms = torch.tensor([0.05, 0.3, 0.5, 0.7, 0.9, 0.99])
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # generate's batch order: by length
+    monkeypatch.setattr(torch, "rand", lambda n, **k: uniforms[:n].clone())  # row r of the batch draws uniforms[r]
+    got = generate(model, tok, prompts, batch_size=len(prompts), max_new_tokens=1, temperature=0.8,
+                   stop_strings=("\n\n",), draw="cdf")
+    for row, i in enumerate(order):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids[i]])).logits[0, -1].double()
+        cdf = torch.softmax(logits / 0.8, -1).cumsum(0)
+        want = int((cdf <= uniforms[row] * cdf[-1]).sum())  # the first token whose cumulative sum passes u
+        assert got[i].token_ids[0] == want, (i, got[i].token_ids[0], want)

@@ -60,7 +60,7 @@ def backend(cfg) -> Generate:
 
         return sampler(cfg).generate
     shared = cfg.sampling.prefix_attention in ("auto", "shared")
-    hf = functools.partial(generate, prefix_attention="shared" if shared else "copied")
+    hf = functools.partial(generate, prefix_attention="shared" if shared else "copied", draw=cfg.sampling.draw)
     return in_bfloat16(hf) if uses_autocast(cfg) else hf
 
 

@@ -97,7 +97,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
              temperature: float = 0.0, top_p: float = 1.0, stop_strings: Sequence[str] = ("\n\n",),
              desc: str = "sampling", on_batch: Callable[[list[int], list[Generation]], None] | None = None,
              share_prefix: bool = True, prefix_attention: str = "shared",
-             prompt_ids: Sequence[Sequence[int]] | None = None, top_k: int | None = None) -> list[Generation]:
+             prompt_ids: Sequence[Sequence[int]] | None = None, top_k: int | None = None,
+             draw: str = "auto") -> list[Generation]:
     """Generate a continuation for every prompt; greedy when ``temperature == 0``.
 
     Prompts are grouped by length so a batch pads little. When the prompts share a long token
@@ -107,7 +108,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
     prefix_decode.py; greedy gives generate's tokens, sampling its distribution); prompts that share no
     prefix take the same loop, where finished rows leave the batch. ``prompt_ids``: the prompts already
     tokenized (GRPO's rollouts), used instead of tokenizing ``prompts``; ``top_k`` overrides the model's
-    generation config (GRPO samples with TRL's top_k, 0 = none). ``on_batch(indices,
+    generation config (GRPO samples with TRL's top_k, 0 = none). ``draw``: how the shared-prefix loop draws a
+    sampled token (``sampling.draw``; prefix_decode.resolve_draw). ``on_batch(indices,
     generations)`` is called after each batch (the loop uses it to save progress).
     """
     from . import prefix_decode
@@ -150,7 +152,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
                     new = prefix_decode.decode(model, prefix_cache, len(prefix), [ids[i][len(prefix):] for i in idx],
                                                pad_id=tokenizer.pad_token_id, eos_ids=eos_ids,
                                                max_new_tokens=max_new_tokens, stop_criteria=stop_criteria,
-                                               temperature=temperature, top_p=top_p, top_k=top_k)
+                                               temperature=temperature, top_p=top_p, top_k=top_k, draw=draw)
                 else:
                     enc = _batch_inputs([ids[i] for i in idx], len(prefix), tokenizer.pad_token_id, device)
                     if prefix_cache is not None:

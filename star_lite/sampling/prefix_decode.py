@@ -143,12 +143,37 @@ def _warpers(model, temperature: float, top_p: float, top_k: int | None = None):
     return warpers
 
 
+def resolve_draw(setting: str, device) -> str:
+    """``sampling.draw`` resolved: ``auto`` is "cdf" on a CPU and "multinomial" elsewhere."""
+    if setting != "auto":
+        return setting
+    return "cdf" if torch.device(device).type == "cpu" else "multinomial"
+
+
+def draw_by_cdf(probs: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` ([rows, vocab], rows summing to 1 up to rounding): the first whose
+    cumulative probability exceeds ``uniform`` (one number in [0, 1) per row, drawn here when None) times
+    the row's total. That is the row's categorical distribution exactly; a token of probability 0 is never
+    drawn (its interval is empty; rounding at the very top falls back to the row's most likely token).
+
+    >>> draw_by_cdf(torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.2, 0.0, 0.8, 0.0]]), torch.tensor([0.49, 0.21])).tolist()
+    [1, 2]
+    """
+    cdf = probs.cumsum(-1)
+    if uniform is None:
+        uniform = torch.rand(probs.shape[0], device=probs.device, dtype=cdf.dtype)
+    token = torch.searchsorted(cdf, (uniform.to(cdf.dtype) * cdf[:, -1])[:, None], right=True)[:, 0]
+    token = token.clamp(max=probs.shape[-1] - 1)
+    empty = probs.gather(-1, token[:, None])[:, 0] <= 0
+    return torch.where(empty, probs.argmax(-1), token)
+
+
 @torch.no_grad()
 def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]], *, pad_id: int,
            eos_ids: set[int], max_new_tokens: int, stop_criteria, temperature: float = 0.0,
-           top_p: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+           top_p: float = 1.0, top_k: int | None = None, draw: str = "auto") -> torch.Tensor:
     """Continuations of ``tails`` (each a prompt's tokens after the shared prefix), greedy when
-    ``temperature == 0``, as ``generate`` returns them: [rows, steps] new tokens, padded with
+    ``temperature == 0``, else drawn as ``draw`` says (``resolve_draw``), as ``generate`` returns them: [rows, steps] new tokens, padded with
     ``pad_id`` after a row's stop. ``prefix_cache`` None (``prefix_len`` 0): the prompts share no prefix
     worth a prefill, and each row attends over its own tokens (still leaving the batch when it stops)."""
     from transformers import DynamicCache
@@ -169,6 +194,7 @@ def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
     cache = DynamicCache()
     cache_kw = {cache_argument(model): cache}
     eos = torch.tensor(sorted(eos_ids), device=device)
+    by_cdf = resolve_draw(draw, device) == "cdf"
     with _shared_prefix_attention(model, prefix_cache, own_mask):
         logits = model(input_ids=input_ids, position_ids=positions, **cache_kw, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
@@ -177,7 +203,8 @@ def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
                 token = logits.argmax(-1)
             else:
                 scores = warpers(seen, logits.float())
-                token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                probs = torch.softmax(scores, dim=-1)
+                token = draw_by_cdf(probs) if by_cdf else torch.multinomial(probs, num_samples=1).squeeze(1)
             out[live, step] = token
             seen = torch.cat([seen, token[:, None]], dim=1)
             done = torch.isin(token, eos) | stop_criteria(seen, None)

@@ -140,8 +140,9 @@ def _stopping_grpo_trainer():
 
     class StoppingGRPOTrainer(GRPOTrainer):
         def __init__(self, *args, stop_strings=(), dynamic_sampling=False, max_rounds=4, budget_reached=None,
-                     sampling_seed=0, rollout_sampler="trl", **kwargs):
+                     sampling_seed=0, rollout_sampler="trl", draw="auto", **kwargs):
             super().__init__(*args, **kwargs)
+            self.draw = draw
             self.stop_strings = tuple(stop_strings)
             self.rollout_sampler = rollouts_by(rollout_sampler, self)
             self.dynamic_sampling, self.max_rounds = dynamic_sampling, max_rounds
@@ -212,7 +213,7 @@ def _stopping_grpo_trainer():
                 gens = generate(unwrapped, self._tokenizer, (), prompt_ids=prompt_ids, batch_size=len(prompt_ids),
                                 max_new_tokens=self.max_completion_length, temperature=self.temperature,
                                 top_p=self.top_p, top_k=self.top_k or 0, stop_strings=self.stop_strings,
-                                desc="rollouts")
+                                desc="rollouts", draw=self.draw)
             return [list(g.token_ids) for g in gens]
 
     return StoppingGRPOTrainer
@@ -432,7 +433,8 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
                                        processing_class=tokenizer, stop_strings=task.stop_strings,
                                        dynamic_sampling=cfg.rl.dynamic_sampling,
                                        max_rounds=cfg.rl.dynamic_sampling_max_rounds, budget_reached=budget_reached,
-                                       sampling_seed=cfg.run.seed, rollout_sampler=cfg.rl.rollout_sampler)
+                                       sampling_seed=cfg.run.seed, rollout_sampler=cfg.rl.rollout_sampler,
+                                       draw=cfg.sampling.draw)
     quiet_trainer(trainer)
     trainer.add_callback(StopAtBudget())
     trainer.add_callback(recorder)
