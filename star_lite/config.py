@@ -138,7 +138,8 @@ class TrainConfig:
     # train.autocast. (docs/speed.md, with accuracy)
     rl_autocast: str = one_of("auto", "bfloat16", "off")  # auto | bfloat16 | off
     # which LM head computes the loss: "completion" projects only the positions the loss scores (transformers'
-    # logits_to_keep), "trl" is TRL's chunked fused head, which also logs entropy and token accuracy
+    # logits_to_keep in SFT; in TRL's DPO and GRPO their fused head on the scored positions alone, in plain
+    # torch), "trl" is TRL's chunked fused head, which in SFT also logs entropy and token accuracy
     lm_head: str = one_of("auto", "completion", "trl")  # auto: completion on CPU, trl on GPU (Triton kernels; never
     #   builds the full logits)
     padding_free: bool = True  # one row per batch, no padding tokens (TRL padding_free); same loss (docs/speed.md)

@@ -110,7 +110,10 @@ def test_star_lite_rollouts_follow_trl_generation(tiny_model_dir, tmp_path, monk
 
     # the draw made deterministic: the most probable token of the warped distribution (the warping itself is
     # generate's, test_sampling; here the settings it is given must be TRL's)
+    from star_lite.sampling import prefix_decode
+
     monkeypatch.setattr(torch, "multinomial", lambda probs, num_samples=1, **k: probs.argmax(-1, keepdim=True))
+    monkeypatch.setattr(prefix_decode, "draw_by_cdf", lambda probs, uniform=None: probs.argmax(-1))  # sampling.draw
     task = StopsAtE(1, 3)
     problems = task.load("train", 4, 0)
     tok = load_tokenizer(str(tiny_model_dir))
@@ -133,8 +136,8 @@ def test_star_lite_rollouts_follow_trl_generation(tiny_model_dir, tmp_path, monk
         train_rl(policy, tok, task, problems, make_reward(task, {p.id: p for p in problems}), cfg, tmp_path / sampler)
     # auto: star_lite's sampler wrote the one step's 8 rollouts with TRL's settings; trl: TRL's generate
     assert [len(k["prompt_ids"]) for k in calls] == [8]
-    assert {key: calls[0][key] for key in ("temperature", "top_k", "top_p", "max_new_tokens", "stop_strings")} == \
-        {"temperature": 0.7, "top_k": 40, "top_p": 1.0, "max_new_tokens": 24, "stop_strings": ("e",)}
+    assert {key: calls[0][key] for key in ("temperature", "top_k", "top_p", "max_new_tokens", "stop_strings", "draw")} \
+        == {"temperature": 0.7, "top_k": 40, "top_p": 1.0, "max_new_tokens": 24, "stop_strings": ("e",), "draw": "auto"}
     assert sorted(seen["star_lite"]) == sorted(seen["trl"])
     assert any("e" in tok.decode(ids) for ids in seen["trl"]) and len({len(ids) for ids in seen["trl"]}) > 1
 
