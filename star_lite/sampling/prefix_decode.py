@@ -153,7 +153,8 @@ def resolve_draw(setting: str, device) -> str:
 def draw_by_cdf(probs: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of ``probs`` ([rows, vocab], rows summing to 1 up to rounding): the first whose
     cumulative probability exceeds ``uniform`` (one number in [0, 1) per row, drawn here when None) times
-    the row's total. That is the row's categorical distribution exactly; a token of probability 0 is never
+    the row's total. That is the row's categorical distribution up to float32 rounding of the sums (about
+    2^-24 per interval); a token of probability 0 is never
     drawn (its interval is empty; rounding at the very top falls back to the row's most likely token).
 
     >>> draw_by_cdf(torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.2, 0.0, 0.8, 0.0]]), torch.tensor([0.49, 0.21])).tolist()
