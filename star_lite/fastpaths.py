@@ -250,7 +250,10 @@ class ScoredPositionsLogProb:
     @staticmethod
     def apply(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
               logit_scale=1.0, outputs=("log_probs",)):
-        z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
+        device = hidden.device.type  # TRL's dtype rule: the autocast dtype, else the hidden states'
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        z = torch.nn.functional.linear(hidden.to(dtype), weight.to(dtype),
+                                       None if bias is None else bias.to(dtype)).float() * logit_scale
         if final_logit_softcapping is not None:
             z = final_logit_softcapping * torch.tanh(z / final_logit_softcapping)
         z = z * (1 / temperature)

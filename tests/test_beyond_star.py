@@ -151,6 +151,12 @@ def test_sequence_logprobs_scores_the_completion_alone_whatever_the_padding(tiny
             logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
         want = logps[torch.arange(start - 1, ids.shape[1] - 1), ids[0, start:]].sum().item()
         assert got == pytest.approx(want, abs=1e-3)
+    # an empty prompt: the completion's first token is given, the rest are scored
+    ids = tok(completions[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    want = logps[torch.arange(0, ids.shape[1] - 1), ids[0, 1:]].sum().item()
+    assert sequence_logprobs(model, tok, ["", prompts[0]], completions)[0] == pytest.approx(want, abs=1e-3)
 
 
 @pytest.mark.parametrize("override, field", [("dpo.policy_init=ref", "dpo.policy_init"),

@@ -132,12 +132,13 @@ def test_star_lite_rollouts_follow_trl_generation(tiny_model_dir, tmp_path, monk
     for sampler in ("trl", "auto"):
         cfg = _rl_config(tiny_model_dir, tmp_path / sampler, max_completion_length=24, rollout_sampler=sampler,
                          num_generations=2, batch_size=8, generation_temperature=0.7, trl_options={"top_k": 40})
+        cfg.sampling.draw = "cdf"  # passed through to star_lite's rollouts (the default, auto, is cdf on a CPU)
         policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
         train_rl(policy, tok, task, problems, make_reward(task, {p.id: p for p in problems}), cfg, tmp_path / sampler)
     # auto: star_lite's sampler wrote the one step's 8 rollouts with TRL's settings; trl: TRL's generate
     assert [len(k["prompt_ids"]) for k in calls] == [8]
     assert {key: calls[0][key] for key in ("temperature", "top_k", "top_p", "max_new_tokens", "stop_strings", "draw")} \
-        == {"temperature": 0.7, "top_k": 40, "top_p": 1.0, "max_new_tokens": 24, "stop_strings": ("e",), "draw": "auto"}
+        == {"temperature": 0.7, "top_k": 40, "top_p": 1.0, "max_new_tokens": 24, "stop_strings": ("e",), "draw": "cdf"}
     assert sorted(seen["star_lite"]) == sorted(seen["trl"])
     assert any("e" in tok.decode(ids) for ids in seen["trl"]) and len({len(ids) for ids in seen["trl"]}) > 1
 

@@ -341,6 +341,11 @@ def test_the_cdf_draw_takes_each_rows_token_by_its_cumulative_probability_in_a_b
     assert prefix_decode.draw_by_cdf(probs, torch.tensor([0.1, 0.5])).tolist() == [2, 3]  # 0.1 sits past token 0
     assert prefix_decode.draw_by_cdf(probs, torch.tensor([0.7, 0.9999999])).tolist() == [2, 3]
     assert prefix_decode.draw_by_cdf(probs, torch.tensor([0.71, 1.0])).tolist() == [3, 3]  # top: never a 0
+    # a token of tiny probability keeps its own interval (float32 sums would round it away behind a big one)
+    tiny = torch.tensor([[0.75, 1e-9, 0.25]])  # float32, as the sampler's softmax gives them
+    assert prefix_decode.draw_by_cdf(tiny, torch.tensor([0.75 + 5e-10], dtype=torch.float64)).tolist() == [1]
+    with pytest.raises(RuntimeError, match="not finite"):
+        prefix_decode.draw_by_cdf(torch.tensor([[0.5, float("nan")]]))
     tok = load_tokenizer(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     task = load_task("arithmetic", min_digits=1, max_digits=3, rationale="plain")

@@ -153,17 +153,22 @@ def resolve_draw(setting: str, device) -> str:
 def draw_by_cdf(probs: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of ``probs`` ([rows, vocab], rows summing to 1 up to rounding): the first whose
     cumulative probability exceeds ``uniform`` (one number in [0, 1) per row, drawn here when None) times
-    the row's total. That is the row's categorical distribution up to float32 rounding of the sums (about
-    2^-24 per interval); a token of probability 0 is never
-    drawn (its interval is empty; rounding at the very top falls back to the row's most likely token).
+    the row's total. That is the row's categorical distribution, up to float64 rounding (the sums and the
+    uniform numbers are float64, so a token of probability 1e-9 keeps its share; float32 would round every
+    interval to 2^-24); a token of probability 0 is never drawn (its interval is empty; rounding at the very
+    top falls back to the row's most likely token). Probabilities that are not finite raise, as
+    ``torch.multinomial`` does.
 
     >>> draw_by_cdf(torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.2, 0.0, 0.8, 0.0]]), torch.tensor([0.49, 0.21])).tolist()
     [1, 2]
     """
-    cdf = probs.cumsum(-1)
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1]
+    if not bool((torch.isfinite(total) & (total > 0)).all()):
+        raise RuntimeError("sampling: the probabilities of a row are not finite or sum to 0 (inf or nan logits?)")
     if uniform is None:
-        uniform = torch.rand(probs.shape[0], device=probs.device, dtype=cdf.dtype)
-    token = torch.searchsorted(cdf, (uniform.to(cdf.dtype) * cdf[:, -1])[:, None], right=True)[:, 0]
+        uniform = torch.rand(probs.shape[0], device=probs.device, dtype=torch.float64)
+    token = torch.searchsorted(cdf, (uniform.double() * total)[:, None], right=True)[:, 0]
     token = token.clamp(max=probs.shape[-1] - 1)
     empty = probs.gather(-1, token[:, None])[:, 0] <= 0
     return torch.where(empty, probs.argmax(-1), token)

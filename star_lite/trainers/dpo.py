@@ -92,7 +92,8 @@ def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[st
             ids, real = enc["input_ids"], enc["attention_mask"].bool()
             scored = torch.zeros_like(real)  # position t scores token t + 1: the completion's tokens, not padding
             for row, start in enumerate(starts):
-                scored[row, start - 1:-1] = real[row, start:]
+                first = max(start - 1, 0)  # an empty prompt: its first token is given, not scored
+                scored[row, first:-1] = real[row, first + 1:]
             sums = torch.zeros(len(ps), dtype=torch.float32, device=device)
             if bool(scored.any()):
                 logits = model(**enc, logits_to_keep=scored).logits
