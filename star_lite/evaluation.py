@@ -118,8 +118,10 @@ def evaluate(model, tokenizer, task: Task, problems: list[Problem], cfg: Config,
 def evaluate_into(path, model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
                   few_shot: bool) -> dict[str, Any]:
     """``evaluate``, with the per-problem records written to ``path`` (an iteration's eval.jsonl)."""
+    from . import phases
     from .rundir import write_jsonl
 
+    phases.began()  # the run's thread count, re-read (processes beside this one may have started or finished)
     result, records = evaluate(model, tokenizer, task, problems, cfg, few_shot=few_shot)
     write_jsonl(path, records)
     return result

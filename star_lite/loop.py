@@ -25,12 +25,13 @@ problems between them and gather the results (sampling/sharded.py), training is 
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 
@@ -274,9 +275,18 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     """Run (or continue) STaR as configured (``star-lite run``); return the metrics rows, one per iteration.
 
     A second process on the same run.output_dir is refused (RunDirBusy) instead of mixing rows."""
-    with RunDir(cfg.run.output_dir).locked(), registered():
+    with RunDir(cfg.run.output_dir).locked(), running(cfg):
         open_run(cfg)
         return star_loop(cfg)
+
+
+@contextlib.contextmanager
+def running(cfg: Config) -> Iterator[None]:
+    """While a run (or one method of a comparison) runs: registered among this machine's star_lite processes,
+    its thread count re-read as each phase begins (``phases.hooked``; processes beside it may have started or
+    finished)."""
+    with registered(), phases.hooked(lambda: apply_threads(cfg.run.threads, log)):
+        yield
 
 
 def star_loop(cfg: Config) -> list[dict[str, Any]]:

@@ -14,6 +14,20 @@ import time
 
 _totals: dict[str, float] = {}
 _depth: dict[str, int] = {}
+_hook: list = []  # called as each outermost phase begins (the run's thread count, re-read)
+
+
+@contextlib.contextmanager
+def hooked(fn):
+    """While inside, ``fn()`` runs whenever a phase begins that is not inside another phase, and as evaluation
+    begins (``began``); the hook before it after. A run re-reads its thread count there, so processes started
+    side by side share the cores from their first sampling or training on, whichever registered first."""
+    before = list(_hook)
+    _hook[:] = [fn]
+    try:
+        yield
+    finally:
+        _hook[:] = before
 
 
 def start() -> float:
@@ -22,8 +36,15 @@ def start() -> float:
     return time.time()
 
 
+def began() -> None:
+    """Work begins that is not inside a phase (a phase, or evaluation, which the loop times itself): the hook."""
+    if _hook and not any(_depth.values()):
+        _hook[0]()
+
+
 @contextlib.contextmanager
 def phase(name: str):
+    began()
     _depth[name] = _depth.get(name, 0) + 1
     t0 = time.perf_counter()
     try:

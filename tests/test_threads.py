@@ -77,3 +77,35 @@ def test_a_run_sets_its_threads_and_says_so(tiny_model_dir, tmp_path, monkeypatc
     assert torch.get_num_threads() == 1
     assert "torch threads: 1 (run.threads)" in capsys.readouterr().err
     assert list((tmp_path / "processes").iterdir()) == []  # unregistered when the run ended
+
+
+def test_a_run_rereads_its_threads_as_each_phase_begins(tmp_path, monkeypatch, restore_threads):
+    """Processes launched together register in any order: the first may see itself alone. Inside a run
+    (loop.running) each outermost phase and each evaluation re-reads the count, and nothing does after."""
+    from star_lite import phases
+    from star_lite.config import from_dict
+    from star_lite.loop import running
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("STAR_LITE_PROCESS_DIR", str(tmp_path))
+    monkeypatch.setattr("star_lite.threads.usable_cores", lambda: 4)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with running(from_dict({"run": {"threads": 0}})):
+            with phases.phase("sampling"):
+                assert torch.get_num_threads() == 4  # alone
+                (tmp_path / str(other.pid)).touch()  # a process beside it registers
+                with phases.phase("eval"):  # inside a phase: not re-read
+                    assert torch.get_num_threads() == 4
+            with phases.phase("training"):
+                assert torch.get_num_threads() == 2  # 4 cores, 2 processes
+            other.kill()
+            other.wait()
+            phases.began()  # as evaluation begins
+            assert torch.get_num_threads() == 4
+    finally:
+        other.kill()
+        other.wait()
+    torch.set_num_threads(1)
+    with phases.phase("sampling"):  # the run has ended: its hook with it
+        assert torch.get_num_threads() == 1

@@ -21,9 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Config
-from ..loop import open_run
+from ..loop import open_run, running
 from ..rundir import RunDir
-from ..threads import registered
 # importing each module registers its methods, in this order (the default of compare.methods)
 from . import few_shot, sft_direct, star, rest_em, self_motivated, grpo, dpo, v_star, adastar  # noqa: F401
 from .registry import Method, get, method_config, names, register, section_readers, unread_sections
@@ -40,7 +39,7 @@ def run_method(cfg: Config, method: str, run_name: str | None = None) -> list[di
     mcfg = method_config(cfg, method)
     if run_name is not None:
         mcfg.run.output_dir = f"{cfg.compare.output_dir}/{run_name}"
-    with RunDir(mcfg.run.output_dir).locked(), registered():  # one process per method directory
+    with RunDir(mcfg.run.output_dir).locked(), running(mcfg):  # one process per method directory
         # a run saved with other values in sections this method never reads continues (runs saved
         # before method_config reset those sections hold the comparison's values there)
         open_run(mcfg, unread_sections(mcfg, method), name=method)
