@@ -122,22 +122,31 @@ def test_dpo_with_the_scored_positions_head_trains_as_trls_head(tiny_model_dir, 
     monkeypatch.setattr(fastpaths.ScoredPositionsLogProb, "apply",
                         staticmethod(lambda hidden, *a, **k: calls.append(hidden.shape[0]) or original(hidden, *a, **k)))
     results = {}
-    for head in ("trl", "completion"):
+    runs = [("trl", rl_autocast), ("completion", rl_autocast)] + [("trl", "off")] * (rl_autocast != "off")
+    for head, autocast in runs:
         cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
-                                         train={"lm_head": head, "rl_autocast": rl_autocast}))
+                                         train={"lm_head": head, "rl_autocast": autocast}))
         tok = load_tokenizer(cfg.model.name_or_path)
         torch.manual_seed(0)
         policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
-        model, trained = train_dpo(policy, tok, _pairs(), cfg, tmp_path / head, steps=4, learning_rate=1e-2,
-                                   batch_size=4, beta=0.1)
-        results[head] = ([h["loss"] for h in trained.history],
+        model, trained = train_dpo(policy, tok, _pairs(), cfg, tmp_path / f"{head}-{autocast}", steps=4,
+                                   learning_rate=1e-2, batch_size=4, beta=0.1)
+        results[head if autocast == rl_autocast else "float32"] = ([h["loss"] for h in trained.history],
                          {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
         assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbFunction  # TRL's own head again after
     (trl_loss, trl_w), (own_loss, own_w) = results["trl"], results["completion"]
     close = {"off": 1e-4, "bfloat16": 1e-2}[rl_autocast]  # bfloat16: the same products, summed in another order
     assert len(trl_loss) == 4 and own_loss == pytest.approx(trl_loss, rel=close)
-    for k in trl_w:
-        torch.testing.assert_close(own_w[k], trl_w[k], rtol=10 * close, atol=1e-5 if rl_autocast == "off" else 1e-3)
+    if rl_autocast == "off":
+        for k in trl_w:
+            torch.testing.assert_close(own_w[k], trl_w[k], rtol=1e-3, atol=1e-5)
+    else:  # AdamW turns a near-zero gradient's bfloat16 rounding into a step of +-lr: 4 steps under bfloat16
+        # land about 0.1 from float32's adapter either way, so the scored-positions head must land no farther
+        # from float32 than TRL's own head does under bfloat16
+        exact = results["float32"][1]
+        apart = {name: sum(float((w[k] - exact[k]).norm() ** 2) for k in exact) ** 0.5
+                 for name, w in (("trl", trl_w), ("own", own_w))}
+        assert apart["own"] <= 1.2 * apart["trl"], apart
     # only the scored positions reached the head (TRL on a CPU passes every position, prompt and padding too):
     # at most a batch of 4 pairs' chosen and rejected completions, EOS included
     longest = max(len(tok(p[k])["input_ids"]) for p in _pairs() for k in ("chosen", "rejected")) + 1

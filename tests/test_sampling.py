@@ -343,7 +343,8 @@ def test_the_cdf_draw_takes_each_rows_token_by_its_cumulative_probability_in_a_b
     assert prefix_decode.draw_by_cdf(probs, torch.tensor([0.71, 1.0])).tolist() == [3, 3]  # top: never a 0
     # a token of tiny probability keeps its own interval (float32 sums would round it away behind a big one)
     tiny = torch.tensor([[0.75, 1e-9, 0.25]])  # float32, as the sampler's softmax gives them
-    assert prefix_decode.draw_by_cdf(tiny, torch.tensor([0.75 + 5e-10], dtype=torch.float64)).tolist() == [1]
+    # u * total = 0.75 * (1 + 1e-9) lies inside token 1's interval (0.75, 0.75 + 1e-9]; float32 sums make it empty
+    assert prefix_decode.draw_by_cdf(tiny, torch.tensor([0.75], dtype=torch.float64)).tolist() == [1]
     with pytest.raises(RuntimeError, match="not finite"):
         prefix_decode.draw_by_cdf(torch.tensor([[0.5, float("nan")]]))
     tok = load_tokenizer(str(tiny_model_dir))
