@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .config import Config
-from .sampling import _num_generated, generator, in_bfloat16, uses_autocast
+from .sampling import _num_generated, generator, in_bfloat16, merges_lora, uses_autocast
 
 # Sizes of real architectures, for speed and memory figures with random weights (no download).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -290,9 +290,24 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     adapted = load_adapter(model, out / "adapter")
     generate(adapted, tokenizer, prompts, batch_size=bs, max_new_tokens=mnt, stop_strings=task.stop_strings,
              desc="evaluating")
+    merges = cfg.sampling.backend == "hf" and merges_lora(cfg) and not cfg.model.load_in_4bit
+    if merges:  # what sampling.lora=merged gives: the trained adapter merged for the call against LoRA apart
+        as_separate = copy.deepcopy(cfg)
+        as_separate.sampling.lora = "separate"
+        separate_generate = generator(as_separate)
+        figures["lora_ratio"], figures["lora_differing"] = [], []
+        for r in range(repeats):
+            timed = {}
+            for which, fn in (("merged", generate), ("separate", separate_generate))[::1 if r % 2 == 0 else -1]:
+                gens, sec = _timed(lambda: fn(adapted, tokenizer, paths["evaluation"], batch_size=bs,
+                                              max_new_tokens=mnt, stop_strings=task.stop_strings, desc="evaluation"))
+                timed[which] = (sum(g.num_tokens for g in gens) / sec, [g.text for g in gens])
+            figures["lora_ratio"].append(timed["merged"][0] / timed["separate"][0])
+            figures["lora_differing"].append(sum(a != b for a, b in zip(timed["merged"][1], timed["separate"][1])))
     result = {
         "device": device, "backend": cfg.sampling.backend, "model": random_weights or cfg.model.name_or_path,
         "generation_autocast": autocast,
+        "lora_merged_speedup": statistics.median(figures["lora_ratio"]) if merges else None,
         "4bit": cfg.model.load_in_4bit,
         "prompts": len(prompts), "batch_size": bs, "repeats": repeats,
         "median": {k: statistics.median(v) for k, v in figures.items()},
@@ -322,6 +337,11 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         print(f"{'evaluation, bf16 autocast vs float32':<42}{statistics.median(ratios):10.2f}x "
               f"({min(ratios):.2f}-{max(ratios):.2f}), greedy outputs differing: {max(figures['autocast_differing'])} "
               "(sampling.autocast; the lines above compare both samplers under it)")
+    if merges:
+        ratios = figures["lora_ratio"]
+        print(f"{'evaluation after SFT, LoRA merged vs apart':<42}{statistics.median(ratios):10.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f}), greedy outputs differing: {max(figures['lora_differing'])} "
+              f"(sampling.lora{', under bf16 autocast' if autocast else ''})")
     ratios = figures["rollouts_ratio"]
     print(f"{'GRPO rollouts tokens/s, ' + rollouts['sampler'][0] + ' sampler':<42}{_summary(rollouts['star_lite'])}")
     print(f"{'GRPO rollouts tokens/s, TRL generation':<42}{_summary(rollouts['trl'])}")

@@ -103,6 +103,12 @@ class SamplingConfig:
     # an exponential number for every vocabulary entry (a third of a sampling step here). The same distribution,
     # another random stream. auto: cdf on a CPU, multinomial elsewhere. GRPO's star_lite rollouts follow it.
     draw: str = one_of("auto", "cdf", "multinomial")
+    # hf: a LoRA adapter's weights added into a copy of each adapted layer's weight for the call (W + scale B A,
+    # what peft's merge computes), so a token costs the base's matmuls alone; the base's own weights are back
+    # after, bit for bit. float32: the same greedy tokens; under sampling.autocast bfloat16 one rounding of the
+    # sum instead of two products. A 4-bit base is never merged (that would re-quantize). auto: merged on a CPU,
+    # separate elsewhere (the copy costs the adapted weights' memory once more). (docs/speed.md)
+    lora: str = one_of("auto", "merged", "separate")
     vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 
 
@@ -341,6 +347,7 @@ RESUMABLE_KEYS = {
     "sampling.backend",
     "sampling.prefix_attention",
     "sampling.draw",  # the same distribution, another random stream
+    "sampling.lora",  # float32: the same tokens; bfloat16: the same weights, rounded once
     "rl.rollout_sampler",  # the same distribution, another sampler
     "sampling.vllm_options",
     "eval.batch_size",

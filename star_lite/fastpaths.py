@@ -8,6 +8,8 @@
     train.dropout            fast: LoRA dropout draws only the dropped elements' positions (16-bit
                              random integers above p = 0.25), not torch's per-element Bernoulli
                              draw (a CPU cost; same distribution)
+    sampling.lora            merged: generation runs each LoRA layer as one matmul with the adapter
+                             added into a copy of its weight (``merged_lora``)
 
 Each is on where it helps (``auto``) and is undone when training ends, so sampling and
 evaluation run the model exactly as loaded. docs/speed.md has the measurements.
@@ -145,6 +147,42 @@ def bfloat16_frozen_weights(model) -> Iterator[int]:
     finally:
         for module, weight in originals:
             module.weight = weight
+
+
+@contextlib.contextmanager
+def merged_lora(model, dtype: torch.dtype | None = None) -> Iterator[int]:
+    """For generation: each plain LoRA layer's active adapters added into a copy of its base weight
+    (W + scale B A, peft's ``get_delta_weight``, summed in float32 and rounded once to ``dtype``, default
+    the weight's own) and its LoRA path skipped (peft's merged state), so a token costs the base's
+    matmuls alone. Yields the number of layers merged; after, every layer holds its own weight
+    Parameter again, untouched, and is unmerged. Quantized (4-bit, 8-bit) layers, DoRA and other LoRA
+    variants, disabled or already merged layers are left as they are."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    swapped: list[tuple[torch.nn.Module, torch.nn.Module, torch.nn.Parameter]] = []  # (LoRA layer, base, weight)
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if type(module) is not LoraLinear or module.merged or module.disable_adapters:
+                    continue
+                base = module.get_base_layer()
+                weight = getattr(base, "weight", None)
+                names = [a for a in module.active_adapters if a in module.lora_A]
+                if (type(base) is not torch.nn.Linear or not isinstance(weight, torch.nn.Parameter)
+                        or not weight.dtype.is_floating_point or not names
+                        or any(a in module.lora_variant for a in names)):
+                    continue
+                merged = weight.detach().to(torch.float32, copy=True)
+                for name in names:
+                    merged += module.get_delta_weight(name).float()
+                swapped.append((module, base, weight))
+                base.weight = torch.nn.Parameter(merged.to(dtype or weight.dtype), requires_grad=False)
+                module.merged_adapters = list(names)
+        yield len(swapped)
+    finally:
+        for module, base, weight in swapped:
+            base.weight = weight
+            module.merged_adapters = []
 
 
 def dropped_positions(n: int, p: float, device=None) -> torch.Tensor:

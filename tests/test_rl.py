@@ -1,6 +1,7 @@
 """The RL phase and self-motivated learning's data on a tiny random model: rollouts that stop,
 what they cost, the KL reference, answer-conditioned rationales, the reward model's start."""
 
+import contextlib
 import re
 
 import pytest
@@ -129,14 +130,27 @@ def test_star_lite_rollouts_follow_trl_generation(tiny_model_dir, tmp_path, monk
         return original_loss(self, model, inputs)
 
     monkeypatch.setattr(trl.GRPOTrainer, "_compute_loss", record)
+    from star_lite import fastpaths
+
+    merged, original_merged = [], fastpaths.merged_lora
+
+    @contextlib.contextmanager
+    def record_merged(model, *a):
+        with original_merged(model, *a) as n:
+            merged.append(n)
+            yield n
+
+    monkeypatch.setattr(fastpaths, "merged_lora", record_merged)
     for sampler in ("trl", "auto"):
         cfg = _rl_config(tiny_model_dir, tmp_path / sampler, max_completion_length=24, rollout_sampler=sampler,
                          num_generations=2, batch_size=8, generation_temperature=0.7, trl_options={"top_k": 40})
         cfg.sampling.draw = "cdf"  # passed through to star_lite's rollouts (the default, auto, is cdf on a CPU)
+        cfg.model.load_in_4bit = False  # a float32 base, which sampling.lora (auto: merged on a CPU) merges
         policy = fresh_adapter(load_base_model(cfg.model), cfg.model)
         train_rl(policy, tok, task, problems, make_reward(task, {p.id: p for p in problems}), cfg, tmp_path / sampler)
     # auto: star_lite's sampler wrote the one step's 8 rollouts with TRL's settings; trl: TRL's generate
     assert [len(k["prompt_ids"]) for k in calls] == [8]
+    assert merged == [2 * 7]  # star_lite's rollouts ran with the adapter merged into the 2 layers' 7 projections
     assert {key: calls[0][key] for key in ("temperature", "top_k", "top_p", "max_new_tokens", "stop_strings", "draw")} \
         == {"temperature": 0.7, "top_k": 40, "top_p": 1.0, "max_new_tokens": 24, "stop_strings": ("e",), "draw": "cdf"}
     assert sorted(seen["star_lite"]) == sorted(seen["trl"])

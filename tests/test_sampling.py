@@ -325,8 +325,11 @@ def test_bench_prints_what_generation_autocast_gives(tiny_model_dir, tmp_path, c
     cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path),
                     ["model.load_in_4bit=false", "task.num_few_shot=2", "sampling.autocast=bfloat16"])
     result = bench(cfg, repeats=1, num_prompts=2, sft_steps=1)
-    assert "evaluation, bf16 autocast vs float32" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "evaluation, bf16 autocast vs float32" in printed
     assert result["generation_autocast"] and result["median"]["autocast_ratio"] > 0
+    # sampling.lora (auto: merged on a CPU) against LoRA apart, with the adapter SFT trained
+    assert "evaluation after SFT, LoRA merged vs apart" in printed and result["lora_merged_speedup"] > 0
 
 
 def test_the_cdf_draw_takes_each_rows_token_by_its_cumulative_probability_in_a_batch_of_mixed_lengths(
@@ -364,3 +367,53 @@ def test_the_cdf_draw_takes_each_rows_token_by_its_cumulative_probability_in_a_b
         cdf = torch.softmax(logits / 0.8, -1).cumsum(0)
         want = int((cdf <= uniforms[row] * cdf[-1]).sum())  # the first token whose cumulative sum passes u
         assert got[i].token_ids[0] == want, (i, got[i].token_ids[0], want)
+
+
+def test_merged_lora_generation_gives_the_same_greedy_tokens_and_the_weights_back(tiny_model_dir, tmp_path):
+    """sampling.lora=merged: each LoRA layer runs as one matmul on W + scale B A for the call (its LoRA
+    path never runs); float32 gives separate LoRA's greedy tokens for prompts of different lengths, under
+    bfloat16 autocast the layer multiplies (W + scale B A) rounded once to bfloat16; after, every parameter
+    is the very tensor it was, bit for bit, and no layer is left merged. A 4-bit base is never merged."""
+    from star_lite.fastpaths import merged_lora
+    from star_lite.models import load_base_model
+    from star_lite.sampling import generator
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False}))
+    model = fresh_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), cfg.model)
+    with torch.no_grad():  # a non-trivial adapter: B is zero at init
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.eval()
+    before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    task = load_task("arithmetic", min_digits=1, max_digits=3, rationale="plain")
+    prompts = [task.prompt(p, num_few_shot=2) for p in task.load("test", 9, 0)]
+    assert len({len(r) for r in tok(prompts)["input_ids"]}) >= 3, "the prompts must differ in length"
+    proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    lora_calls, seen = [], []
+    hooks = [proj.lora_A["default"].register_forward_hook(lambda m, a, o: lora_calls.append(1)),
+             proj.base_layer.register_forward_hook(lambda m, a, o: seen.append(m.weight.detach().clone()))]
+    out = {}
+    for lora in ("separate", "merged"):
+        lora_calls.clear()
+        run = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                         sampling={"lora": lora, "autocast": "off"}))
+        out[lora] = [g.token_ids for g in generator(run)(model, tok, prompts, batch_size=4, max_new_tokens=8)]
+        assert bool(lora_calls) == (lora == "separate")
+    assert out["merged"] == out["separate"]
+    seen.clear()
+    run = from_dict(tiny_config_dict(tiny_model_dir, tmp_path, model={"load_in_4bit": False},
+                                     sampling={"lora": "merged", "autocast": "bfloat16"}))
+    generator(run)(model, tok, prompts[:2], batch_size=2, max_new_tokens=2)
+    with torch.no_grad():
+        want = (proj.base_layer.weight + proj.get_delta_weight("default")).to(torch.bfloat16)
+    assert seen and all(torch.equal(w, want) for w in seen)
+    for hook in hooks:
+        hook.remove()
+    assert all(p is before[n][0] and torch.equal(p, before[n][1]) for n, p in model.named_parameters())
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    quantized = from_dict(tiny_config_dict(tiny_model_dir, tmp_path))  # load_in_4bit: true
+    with merged_lora(fresh_adapter(load_base_model(quantized.model), quantized.model)) as merged:
+        assert merged == 0

@@ -17,7 +17,7 @@ import torch
 from .base import Generate, Generation, OnBatch
 from .hf import _batch_inputs, _num_generated, generate, shared_prefix
 
-__all__ = ["Generate", "Generation", "OnBatch", "generate", "generator", "in_bfloat16", "shared_prefix", "uses_autocast"]
+__all__ = ["Generate", "Generation", "OnBatch", "generate", "generator", "in_bfloat16", "merges_lora", "shared_prefix", "uses_autocast", "with_merged_lora"]
 
 
 def uses_autocast(cfg) -> bool:
@@ -53,6 +53,35 @@ def in_bfloat16(generate: Generate) -> Generate:
     return run
 
 
+def merges_lora(cfg) -> bool:
+    """Whether the hf backend generates with the LoRA adapter merged into a copy of the weights
+    (``sampling.lora``): ``auto`` on a CPU.
+
+    >>> from star_lite.config import from_dict
+    >>> merges_lora(from_dict({"sampling": {"lora": "separate"}})), merges_lora(from_dict({"model": {"device": "cpu"}}))
+    (False, True)
+    """
+    from ..models import resolve_device
+
+    if cfg.sampling.lora != "auto":
+        return cfg.sampling.lora == "merged"
+    return resolve_device(cfg.model.device) == "cpu"
+
+
+def with_merged_lora(generate: Generate, dtype: torch.dtype | None = None) -> Generate:
+    """``generate`` with the model's LoRA layers merged for the call (``fastpaths.merged_lora``), their
+    merged weights in ``dtype`` (bfloat16 under ``in_bfloat16``, which then copies only the rest); the
+    weights and adapter as they were after."""
+    from ..fastpaths import merged_lora
+
+    @functools.wraps(generate)
+    def run(model, *args, **kwargs):
+        with merged_lora(model, dtype):
+            return generate(model, *args, **kwargs)
+
+    return run
+
+
 def backend(cfg) -> Generate:
     """The ``generate`` function of ``cfg.sampling.backend`` in this process."""
     if cfg.sampling.backend == "vllm":
@@ -61,7 +90,9 @@ def backend(cfg) -> Generate:
         return sampler(cfg).generate
     shared = cfg.sampling.prefix_attention in ("auto", "shared")
     hf = functools.partial(generate, prefix_attention="shared" if shared else "copied", draw=cfg.sampling.draw)
-    return in_bfloat16(hf) if uses_autocast(cfg) else hf
+    autocast = uses_autocast(cfg)
+    hf = in_bfloat16(hf) if autocast else hf
+    return with_merged_lora(hf, torch.bfloat16 if autocast else None) if merges_lora(cfg) else hf
 
 
 def generator(cfg) -> Generate:

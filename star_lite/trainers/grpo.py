@@ -140,9 +140,9 @@ def _stopping_grpo_trainer():
 
     class StoppingGRPOTrainer(GRPOTrainer):
         def __init__(self, *args, stop_strings=(), dynamic_sampling=False, max_rounds=4, budget_reached=None,
-                     sampling_seed=0, rollout_sampler="trl", draw="auto", **kwargs):
+                     sampling_seed=0, rollout_sampler="trl", draw="auto", merge_lora=False, **kwargs):
             super().__init__(*args, **kwargs)
-            self.draw = draw
+            self.draw, self.merge_lora = draw, merge_lora
             self.stop_strings = tuple(stop_strings)
             self.rollout_sampler = rollouts_by(rollout_sampler, self)
             self.dynamic_sampling, self.max_rounds = dynamic_sampling, max_rounds
@@ -206,10 +206,11 @@ def _stopping_grpo_trainer():
             """The rollouts from star_lite's sampler (rl.rollout_sampler): TRL's temperature, top-p, top-k and
             completion length, the prompts' shared prefix computed once, each row ending at its stop string or
             EOS and leaving the batch; the policy samples in eval mode (no LoRA dropout)."""
+            from ..fastpaths import merged_lora
             from ..sampling.hf import generate
 
             unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
-            with quiet_bars():
+            with quiet_bars(), merged_lora(unwrapped) if self.merge_lora else contextlib.nullcontext():
                 gens = generate(unwrapped, self._tokenizer, (), prompt_ids=prompt_ids, batch_size=len(prompt_ids),
                                 max_new_tokens=self.max_completion_length, temperature=self.temperature,
                                 top_p=self.top_p, top_k=self.top_k or 0, stop_strings=self.stop_strings,
@@ -429,12 +430,14 @@ def train_rl(policy, tokenizer, task: Task, problems: list[Problem], reward_fn, 
         raise TrainingError("rl.dynamic_sampling redraws prompts inside one process; run it without accelerate launch "
                             "or set rl.dynamic_sampling=false")
     recorder = RecordSteps()
+    from ..sampling import merges_lora
+
     trainer = _stopping_grpo_trainer()(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=data,
                                        processing_class=tokenizer, stop_strings=task.stop_strings,
                                        dynamic_sampling=cfg.rl.dynamic_sampling,
                                        max_rounds=cfg.rl.dynamic_sampling_max_rounds, budget_reached=budget_reached,
                                        sampling_seed=cfg.run.seed, rollout_sampler=cfg.rl.rollout_sampler,
-                                       draw=cfg.sampling.draw)
+                                       draw=cfg.sampling.draw, merge_lora=merges_lora(cfg))
     quiet_trainer(trainer)
     trainer.add_callback(StopAtBudget())
     trainer.add_callback(recorder)
