@@ -144,7 +144,8 @@ def rollout_rates(model, tokenizer, task, problems, cfg: Config, repeats: int, o
     trainer = quiet_trainer(_stopping_grpo_trainer()(
         model=policy, reward_funcs=[lambda completions, **_: [0.0] * len(completions)], args=args,
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tokenizer,
-        stop_strings=task.stop_strings, rollout_sampler="trl"))
+        stop_strings=task.stop_strings, rollout_sampler="trl", draw=cfg.sampling.draw,
+        merge_lora=merges_lora(cfg)))  # as a run's rollouts
     fast = rollouts_by("auto", trainer)
     group, per_step = cfg.rl.num_generations, max(1, cfg.rl.batch_size // cfg.rl.num_generations)
     ids = tokenizer(prompts)["input_ids"]

@@ -107,7 +107,7 @@ class SamplingConfig:
     # what peft's merge computes), so a token costs the base's matmuls alone; the base's own weights are back
     # after, bit for bit. float32: the same greedy tokens; under sampling.autocast bfloat16 one rounding of the
     # sum instead of two products. A 4-bit base is never merged (that would re-quantize). auto: merged on a CPU,
-    # separate elsewhere (the copy costs the adapted weights' memory once more). (docs/speed.md)
+    # separate elsewhere (the copy costs the adapted weights' memory once more); never under FSDP. (docs/speed.md)
     lora: str = one_of("auto", "merged", "separate")
     vllm_options: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM, e.g. gpu_memory_utilization
 

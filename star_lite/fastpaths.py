@@ -156,7 +156,9 @@ def merged_lora(model, dtype: torch.dtype | None = None) -> Iterator[int]:
     the weight's own) and its LoRA path skipped (peft's merged state), so a token costs the base's
     matmuls alone. Yields the number of layers merged; after, every layer holds its own weight
     Parameter again, untouched, and is unmerged. Quantized (4-bit, 8-bit) layers, DoRA and other LoRA
-    variants, disabled or already merged layers are left as they are."""
+    variants, a LoRA bias, disabled or already merged layers, and weights that something else places
+    (an accelerate offload hook, DeepSpeed ZeRO-3's partitions) are left as they are. The sum is taken
+    outside any autocast (GRPO's rollouts run under one), so it is float32 before its one rounding."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     swapped: list[tuple[torch.nn.Module, torch.nn.Module, torch.nn.Parameter]] = []  # (LoRA layer, base, weight)
@@ -170,11 +172,13 @@ def merged_lora(model, dtype: torch.dtype | None = None) -> Iterator[int]:
                 names = [a for a in module.active_adapters if a in module.lora_A]
                 if (type(base) is not torch.nn.Linear or not isinstance(weight, torch.nn.Parameter)
                         or not weight.dtype.is_floating_point or not names
-                        or any(a in module.lora_variant for a in names)):
+                        or any(a in module.lora_variant or module.lora_bias.get(a) for a in names)
+                        or hasattr(base, "_hf_hook") or hasattr(weight, "ds_id")):
                     continue
                 merged = weight.detach().to(torch.float32, copy=True)
-                for name in names:
-                    merged += module.get_delta_weight(name).float()
+                with torch.autocast(weight.device.type, enabled=False):
+                    for name in names:
+                        merged += module.get_delta_weight(name).float()
                 swapped.append((module, base, weight))
                 base.weight = torch.nn.Parameter(merged.to(dtype or weight.dtype), requires_grad=False)
                 module.merged_adapters = list(names)
@@ -303,6 +307,21 @@ class ScoredPositionsLogProb:
             mean_logits = z.mean(-1) if "mean_logits" in outputs else None
             is_top1 = z.argmax(-1) == targets if "is_top1" in outputs else None
         return log_probs, entropy, log_sum_sq, mean_logits, is_top1
+
+
+def next_token_positions(ids: torch.Tensor, scored_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a loss over some tokens of each row (``scored_tokens``, bool [rows, length]): the positions whose
+    logits predict them (position t predicts token t + 1; pass it as transformers' ``logits_to_keep`` so only
+    these reach the LM head) and those tokens in the same order, row by row, as the model returns the kept
+    logits. SFT's completion-only loss and the DPO verifier's sequence log-probabilities both score this way.
+
+    >>> positions, targets = next_token_positions(torch.tensor([[5, 6, 7, 8]]), torch.tensor([[False, False, True, True]]))
+    >>> positions.tolist(), targets.tolist()
+    ([[False, True, True, False]], [7, 8])
+    """
+    positions = torch.zeros_like(scored_tokens, dtype=torch.bool)
+    positions[:, :-1] = scored_tokens[:, 1:]
+    return positions, ids[:, 1:][positions[:, :-1]]
 
 
 @contextlib.contextmanager

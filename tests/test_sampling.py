@@ -412,6 +412,13 @@ def test_merged_lora_generation_gives_the_same_greedy_tokens_and_the_weights_bac
     assert seen and all(torch.equal(w, want) for w in seen)
     for hook in hooks:
         hook.remove()
+    # under an autocast (GRPO's rollouts run in one) the sum is still float32's
+    with torch.autocast("cpu", dtype=torch.bfloat16), merged_lora(model) as merged:
+        assert merged == 2 * 7 and proj.merged and proj.base_layer.weight.dtype == torch.float32
+        with torch.autocast("cpu", enabled=False):
+            exact = before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"][1] \
+                + proj.get_delta_weight("default")
+        assert torch.equal(proj.base_layer.weight, exact)
     assert all(p is before[n][0] and torch.equal(p, before[n][1]) for n, p in model.named_parameters())
     assert not any(getattr(m, "merged", False) for m in model.modules())
     quantized = from_dict(tiny_config_dict(tiny_model_dir, tmp_path))  # load_in_4bit: true

@@ -55,14 +55,16 @@ def in_bfloat16(generate: Generate) -> Generate:
 
 def merges_lora(cfg) -> bool:
     """Whether the hf backend generates with the LoRA adapter merged into a copy of the weights
-    (``sampling.lora``): ``auto`` on a CPU.
+    (``sampling.lora``): ``auto`` on a CPU; never under FSDP, which places the weights itself.
 
     >>> from star_lite.config import from_dict
     >>> merges_lora(from_dict({"sampling": {"lora": "separate"}})), merges_lora(from_dict({"model": {"device": "cpu"}}))
     (False, True)
     """
-    from ..models import resolve_device
+    from ..models import fsdp, resolve_device
 
+    if fsdp():
+        return False
     if cfg.sampling.lora != "auto":
         return cfg.sampling.lora == "merged"
     return resolve_device(cfg.model.device) == "cpu"

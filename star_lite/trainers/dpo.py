@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 import torch
 
-from .. import phases
+from .. import fastpaths, phases
 from ..config import Config
 from ..progress import quiet_trainer
 from .args import match_adapter_dtype, rl_lm_head, rl_precision, save_policy, trainer_args
@@ -90,15 +90,14 @@ def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[st
             starts = [len(tokenizer(p)["input_ids"]) for p in ps]
             enc = tokenizer([p + c for p, c in zip(ps, cs)], return_tensors="pt", padding=True).to(device)
             ids, real = enc["input_ids"], enc["attention_mask"].bool()
-            scored = torch.zeros_like(real)  # position t scores token t + 1: the completion's tokens, not padding
+            completion = real.clone()  # the completion's tokens, not the prompt's or padding
             for row, start in enumerate(starts):
-                first = max(start - 1, 0)  # an empty prompt: its first token is given, not scored
-                scored[row, first:-1] = real[row, first + 1:]
+                completion[row, :max(start, 1)] = False  # an empty prompt: its first token is given, not scored
+            scored, targets = fastpaths.next_token_positions(ids, completion)
             sums = torch.zeros(len(ps), dtype=torch.float32, device=device)
             if bool(scored.any()):
                 logits = model(**enc, logits_to_keep=scored).logits
                 logits = logits.reshape(-1, logits.size(-1)).float()
-                targets = ids[:, 1:][scored[:, :-1]]
                 token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
                 sums.index_add_(0, scored.nonzero()[:, 0], token_logps)
             out += sums.tolist()

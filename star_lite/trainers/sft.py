@@ -46,12 +46,10 @@ def _trainer_class(lm_head: str):
     class CompletionLossTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs["labels"]
-            scored = torch.zeros_like(labels, dtype=torch.bool)  # positions whose next token the loss scores
-            scored[:, :-1] = labels[:, 1:] != -100
+            scored, targets = fastpaths.next_token_positions(labels, labels != -100)
             model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             outputs = model(**model_inputs, use_cache=False, logits_to_keep=scored)
             logits = outputs.logits.reshape(-1, outputs.logits.size(-1))
-            targets = labels[:, 1:][scored[:, :-1]]
             loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             # the same normalisation as TRL's: tokens of the whole accumulated batch when the Trainer gives them
             count = targets.numel() if num_items_in_batch is None else num_items_in_batch
