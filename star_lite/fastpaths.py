@@ -172,7 +172,7 @@ def merged_lora(model, dtype: torch.dtype | None = None) -> Iterator[int]:
                 names = [a for a in module.active_adapters if a in module.lora_A]
                 if (type(base) is not torch.nn.Linear or not isinstance(weight, torch.nn.Parameter)
                         or not weight.dtype.is_floating_point or not names
-                        or any(a in module.lora_variant or module.lora_bias.get(a) for a in names)
+                        or any(a in module.lora_variant or getattr(module, "lora_bias", {}).get(a) for a in names)
                         or hasattr(base, "_hf_hook") or hasattr(weight, "ds_id")):
                     continue
                 merged = weight.detach().to(torch.float32, copy=True)

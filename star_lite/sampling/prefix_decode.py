@@ -180,8 +180,9 @@ def decode(model, prefix_cache, prefix_len: int, tails: Sequence[Sequence[int]],
            top_p: float = 1.0, top_k: int | None = None, draw: str = "auto") -> torch.Tensor:
     """Continuations of ``tails`` (each a prompt's tokens after the shared prefix), greedy when
     ``temperature == 0``, else drawn as ``draw`` says (``resolve_draw``), as ``generate`` returns
-    them: [rows, steps] new tokens, padded with ``pad_id`` after a row's stop. ``prefix_cache`` None (``prefix_len`` 0): the prompts share no prefix
-    worth a prefill, and each row attends over its own tokens (still leaving the batch when it stops)."""
+    them: [rows, steps] new tokens, padded with ``pad_id`` after a row's stop. ``prefix_cache`` None
+    (``prefix_len`` 0): the prompts share no prefix worth a prefill, and each row attends over its own
+    tokens (still leaving the batch when it stops)."""
     from transformers import DynamicCache
 
     from .hf import cache_argument
