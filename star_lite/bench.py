@@ -186,12 +186,14 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     from .models import load_adapter, load_base_model, load_tokenizer, resolve_device
     from .trainers.sft import train_adapter
 
+    from .allocator import apply_malloc
     from .threads import apply_threads, registered
 
     cfg = copy.deepcopy(cfg)
     device = resolve_device(cfg.model.device)
     with registered():
         threads = apply_threads(cfg.run.threads)
+    retained = apply_malloc(cfg.run.malloc, device)
     tmp = tempfile.TemporaryDirectory(prefix="star_lite_bench_")
     if random_weights:
         cfg.model.name_or_path = str(random_weights_checkpoint(random_weights, cfg.model.name_or_path, Path(tmp.name)))
@@ -313,7 +315,7 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
         "prompts": len(prompts), "batch_size": bs, "repeats": repeats,
         "median": {k: statistics.median(v) for k, v in figures.items()},
         "spread": {k: (min(v), max(v)) for k, v in figures.items()},
-        "threads": threads[0], **{f"{name}_speedup": statistics.median(figures[f"{name}_ratio"]) for name in paths},
+        "threads": threads[0], "malloc_retained": retained, **{f"{name}_speedup": statistics.median(figures[f"{name}_ratio"]) for name in paths},
         **{f"{name}_differing": max(figures[f"{name}_differing"]) for name in paths},
         "speedup": statistics.median(f / p for f, p in zip(figures["fast_tps"], figures["plain_tps"])),
         "rollouts_speedup": statistics.median(figures["rollouts_ratio"]), "rollouts_sampler": rollouts["sampler"][0],
@@ -326,6 +328,7 @@ def bench(cfg: Config, *, repeats: int = 3, num_prompts: int = 64, sft_steps: in
     print(f"star-lite bench: {result['model']} on {device} ({'4-bit NF4' if result['4bit'] else 'full precision'}), "
           f"{len(prompts)} few-shot prompts, batch {bs}, {repeats} repeats: median (min-max)")
     print(f"{'torch threads (run.threads)':<42}{threads[0]:10d} ({threads[1]})")
+    print(f"{'freed memory kept for reuse (run.malloc)':<42}{'yes' if retained else 'no':>10}")
     print(f"{'sampling useful tokens/s, star_lite ' + cfg.sampling.backend:<42}{_summary(figures['fast_tps'])}")
     print(f"{'sampling useful tokens/s, plain generate':<42}{_summary(figures['plain_tps'])}")
     print(f"{'speed-up (same-run ratio, median)':<42}{result['speedup']:10.2f}x")

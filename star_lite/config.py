@@ -315,6 +315,9 @@ class RunConfig:
     # torch threads on a CPU: 0 = auto (OMP_NUM_THREADS when set, else the usable cores shared among the
     # star_lite processes running on this machine, so seeds run side by side do not oversubscribe them)
     threads: int = at_least(0, 0)
+    # where torch's CPU memory comes from: auto = retain on a CPU (freed blocks reused, not handed back to
+    # the kernel and faulted in again: star_lite/allocator.py), default = the C library's own settings
+    malloc: str = one_of("auto", "retain", "default")
 
 
 @dataclass
@@ -362,6 +365,7 @@ RESUMABLE_KEYS = {
     "run.budget_tokens",
     "run.budget_seconds",
     "run.threads",  # how fast, not what is computed
+    "run.malloc",  # where memory comes from, not what is computed
     # which methods and seeds a comparison lists, and its reference, do not change what one
     # method's run means: a seed or method added later (or one seed run per process) resumes
     "compare.methods",

@@ -39,7 +39,8 @@ from . import distributed, phases
 from .budget import Budget, BudgetExhausted, budget_spent
 from .config import Config
 from .evaluation import evaluate_into
-from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer
+from .allocator import apply_malloc
+from .models import detach_adapter, load_adapter, load_base_model, load_tokenizer, resolve_device
 from .rundir import RunDir, append_jsonl, fault_point, read_jsonl, write_jsonl
 from .sampling import generator, uses_autocast
 from .tasks import Problem, Task, load_task
@@ -229,6 +230,7 @@ def open_run(cfg: Config, unread_sections: frozenset[str] = frozenset(), name: s
     """Set the thread count and create the run directory, or check its saved config against ``cfg``
     (``RunDir.prepare``): once per run, by its entry point (``run`` here, ``methods.run_method``)."""
     apply_threads(cfg.run.threads, log)
+    apply_malloc(cfg.run.malloc, resolve_device(cfg.model.device), log)
     rundir = RunDir(cfg.run.output_dir)
     changed = rundir.prepare(cfg, unread_sections)
     if changed:
