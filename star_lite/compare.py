@@ -31,7 +31,8 @@ import yaml
 from . import distributed
 from .config import Config, ConfigError, from_dict, tune_points
 from .loop import log
-from .rundir import LEGACY_VALUES, RunDir, adopt_legacy_values, append_jsonl, read_jsonl, write_atomic, write_jsonl
+from .rundir import (LEGACY_VALUES, RunDir, adopt_legacy_values, append_jsonl, read_jsonl, with_legacy_values,
+                     write_atomic, write_jsonl)
 from .stats import distinguishable, paired_difference, row_interval, wilson
 
 COLUMNS = ["method", "seed", "iteration", "stage", "accuracy", "ci_low", "ci_high", "num_eval",
@@ -490,6 +491,55 @@ def share_iteration0(cfg: Config, seed: int, method: str) -> None:
                 return
 
 
+# what stage 1 of grpo (rl.grpo_init: sft) and iteration 1 of star-no-rationalization both read
+SFT_START_SECTIONS = ("model", "task", "sampling", "train", "eval")
+
+
+def share_sft_start(cfg: Config, seed: int, method: str) -> None:
+    """Give grpo the SFT start that star-no-rationalization's first iteration already trained in this seed.
+
+    GRPO's stage 1 is one STaR iteration without rationalization: greedy few-shot rationales for the
+    training problems, the right ones kept, a fresh adapter trained from the base for STaR's first-iteration
+    steps with the same seed, evaluated on bare questions. Where both methods' configs agree on everything
+    that computation reads (``SFT_START_SECTIONS``, the run seed and budget, one sample per problem, no
+    few-shot prompts after training), star-no-rationalization's iteration 1 is that stage: its directory
+    and row are copied (``shared_from``), as the few-shot evaluation is (``share_iteration0``), and the
+    row's seconds count for grpo's cost but not twice in the time by phase."""
+    import dataclasses
+
+    from .methods import method_config
+    from .training import num_steps
+
+    source_name = "star-no-rationalization"
+    if method != "grpo" or source_name not in cfg.compare.methods or not distributed.is_main():
+        return
+    mine = method_config(seed_config(cfg, seed), method)
+    target, source = seed_dir(cfg, seed) / method, seed_dir(cfg, seed) / source_name
+    rows = read_jsonl(target / "metrics.jsonl")
+    if mine.rl.grpo_init != "sft" or not rows or any(r["iteration"] >= 1 for r in rows) \
+            or not (source / "config.yaml").exists() or (source / "config_changes.jsonl").exists():
+        return  # no SFT start, iteration 0 not recorded yet, the stage already ran, or no unchanged source
+    # the config the source ran with (a tuned point's, where compare.tune chose one), not the one it would get now
+    theirs = from_dict(with_legacy_values(yaml.safe_load((source / "config.yaml").read_text()) or {}))
+    same = (all(dataclasses.asdict(getattr(mine, k)) == dataclasses.asdict(getattr(theirs, k))
+                for k in SFT_START_SECTIONS)
+            and (mine.run.seed, mine.run.budget_tokens, mine.run.budget_seconds, mine.run.budget_axis)
+            == (theirs.run.seed, theirs.run.budget_tokens, theirs.run.budget_seconds, theirs.run.budget_axis)
+            and theirs.star.samples_per_problem == 1 and not theirs.star.rationalization
+            and not theirs.star.adaptive_sampling and not theirs.sampling.few_shot_after_training)
+    first = [r for r in read_jsonl(source / "metrics.jsonl") if r["iteration"] == 1 and r.get("stage") == "star"]
+    if not same or not first or first[0].get("budget_exhausted") or first[0].get("shared_from") \
+            or first[0].get("steps") != num_steps(1, mine.train.start_steps, mine.train.step_growth) \
+            or not (source / "iter_001" / "adapter").is_dir():
+        return
+    shutil.rmtree(target / "iter_001", ignore_errors=True)  # an unfinished attempt of its own
+    shutil.copytree(source / "iter_001", target / "iter_001")
+    row = {k: v for k, v in first[0].items()  # as grpo's stage writes it: no rationalization, no sampling accuracy
+           if k not in ("num_correct_samples", "train_accuracy", "seconds_rationalization")}
+    append_jsonl(target / "metrics.jsonl", [dict(row, stage="sft", shared_from=f"{seed_dir(cfg, seed).name}/{source_name}")])
+    log(f"compare: seed {seed}, grpo's SFT start is {source_name}'s iteration 1 (the same computation), copied")
+
+
 def adopt_saved_comparison(cfg: Config, out: Path) -> list[str]:
     """Where a method's run in ``out`` was saved before a key of ``LEGACY_VALUES`` existed, every method of the
     comparison (a new one too) runs with what that code did, so all compute alike (``rundir.adopt_legacy_values``);
@@ -530,6 +580,7 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
                 continue
             log(f"compare: seed {seed}, {method}")
             share_iteration0(cfg, seed, method)
+            share_sft_start(cfg, seed, method)
             run_method(scfg, method)
     rows = comparison_rows(cfg)
     summary = summarize(cfg, rows)

@@ -93,35 +93,60 @@ def score_k(task: Task, problems: list[Problem], samples: list[list[str]], k: in
 def evaluate(model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
              few_shot: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy accuracy of ``model`` on ``problems``; returns (metrics, per-problem records)."""
+    return evaluate_splits(model, tokenizer, task, [problems], cfg, few_shot=few_shot)[0]
+
+
+def evaluate_splits(model, tokenizer, task: Task, splits: list[list[Problem]], cfg: Config, *,
+                    few_shot: bool = True) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """``evaluate`` on each list of problems in ``splits`` (a stage's test and validation problems), decoded in
+    one greedy call, so they fill the same batches (fewer and fuller ones than a call per split), and scored
+    apart: one (metrics, records) per split. pass@k and maj@k (``eval.pass_k``) are drawn for the first split
+    only; ``eval_tokens`` counts each split's own greedy tokens (and the first's k samples)."""
     num_shots = cfg.task.num_few_shot if few_shot else 0
-    prompts = [task.prompt(p, num_few_shot=num_shots) for p in problems]
+    everything = [p for problems in splits for p in problems]
+    prompts = [task.prompt(p, num_few_shot=num_shots) for p in everything]
     generate = generator(cfg)
     gens = generate(model, tokenizer, prompts, batch_size=cfg.eval.batch_size,
                     max_new_tokens=cfg.eval.max_new_tokens, stop_strings=task.stop_strings, desc="evaluating")
     completions = [task.clean_completion(g.text) for g in gens]
-    result = score(task, problems, completions)
-    records = [{"id": p.id, "question": p.question, "gold": p.answer, "completion": c,
-                "answer": task.extract_answer(c), "correct": ok, "difficulty": task.difficulty(p)}
-               for p, c, ok in zip(problems, completions, result.pop("correct"))]
-    result["eval_tokens"] = sum(g.num_tokens for g in gens)
-    k = cfg.eval.pass_k
-    if k > 0:  # k samples per problem at temperature, for pass@k and majority vote @k
-        many = generate(model, tokenizer, [x for x in prompts for _ in range(k)], batch_size=cfg.eval.batch_size,
+    out, start = [], 0
+    for problems in splits:
+        end = start + len(problems)
+        result = score(task, problems, completions[start:end])
+        records = [{"id": p.id, "question": p.question, "gold": p.answer, "completion": c,
+                    "answer": task.extract_answer(c), "correct": ok, "difficulty": task.difficulty(p)}
+                   for p, c, ok in zip(problems, completions[start:end], result.pop("correct"))]
+        result["eval_tokens"] = sum(g.num_tokens for g in gens[start:end])
+        out.append((result, records))
+        start = end
+    k, problems = cfg.eval.pass_k, splits[0]
+    if k > 0 and problems:  # k samples per problem at temperature, for pass@k and majority vote @k
+        first = prompts[:len(problems)]
+        many = generate(model, tokenizer, [x for x in first for _ in range(k)], batch_size=cfg.eval.batch_size,
                         max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.k_temperature,
                         top_p=cfg.eval.k_top_p, stop_strings=task.stop_strings, desc=f"evaluating @{k}")
         texts = [task.clean_completion(g.text) for g in many]
+        result = out[0][0]
         result.update(score_k(task, problems, [texts[i * k:(i + 1) * k] for i in range(len(problems))], k))
         result["eval_tokens"] += sum(g.num_tokens for g in many)
-    return result, records
+    return out
 
 
 def evaluate_into(path, model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
-                  few_shot: bool) -> dict[str, Any]:
-    """``evaluate``, with the per-problem records written to ``path`` (an iteration's eval.jsonl)."""
+                  few_shot: bool, validation: list[Problem] = (), validation_path=None) -> dict[str, Any]:
+    """``evaluate``, with the per-problem records written to ``path`` (an iteration's eval.jsonl). With
+    ``validation`` problems (written to ``validation_path``), both are decoded in one call
+    (``evaluate_splits``) and the metrics gain ``validation_accuracy``: what stopping and compare.tune read."""
     from . import phases
     from .rundir import write_jsonl
 
     phases.began()  # the run's thread count, re-read (processes beside this one may have started or finished)
-    result, records = evaluate(model, tokenizer, task, problems, cfg, few_shot=few_shot)
+    splits = [problems, list(validation)] if validation else [problems]
+    scored = evaluate_splits(model, tokenizer, task, splits, cfg, few_shot=few_shot)
+    result, records = scored[0]
     write_jsonl(path, records)
+    if validation:
+        held, held_records = scored[1]
+        write_jsonl(validation_path, held_records)
+        result["validation_accuracy"] = held["accuracy"]
     return result

@@ -128,6 +128,59 @@ def test_self_motivated_logs_reward_model_and_rl(finished_compare):
     assert "rl_steps.png" in write_report(out / "seed_0" / "grpo").read_text()
 
 
+def test_grpo_takes_its_sft_start_from_star_without_rationalization_where_they_compute_the_same(
+        finished_compare, tiny_model_dir, tmp_path):
+    """GRPO's stage 1 is star-no-rationalization's iteration 1, so a comparison runs it once (share_sft_start);
+    GRPO run alone computes the same data, adapter and evaluation, and a source run with another setting is
+    not shared."""
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from star_lite.cli import main
+    from star_lite.compare import share_sft_start
+
+    out, cfg = finished_compare
+    source, grpo = out / "seed_0" / "star-no-rationalization", out / "seed_0" / "grpo"
+    row = read_jsonl(grpo / "metrics.jsonl")[1]
+    assert row["shared_from"] == "seed_0/star-no-rationalization" and row["stage"] == "sft"
+    assert row["accuracy"] == read_jsonl(source / "metrics.jsonl")[1]["accuracy"]
+
+    alone = tmp_path / "alone"
+    data = _compare_config(tiny_model_dir, alone)
+    data["compare"].update(methods=["few-shot", "grpo"], reference="few-shot")
+    (tmp_path / "alone.yaml").write_text(yaml.safe_dump(data))
+    assert main(["compare", str(tmp_path / "alone.yaml")]) == 0
+    computed = alone / "seed_0" / "grpo"
+    assert "shared_from" not in read_jsonl(computed / "metrics.jsonl")[1]
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert read_jsonl(computed / "iter_001" / name) == read_jsonl(source / "iter_001" / name), name
+    a, b = (load_file(d / "iter_001" / "adapter" / "adapter_model.safetensors") for d in (computed, source))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    for changed, shared in ((None, True), (("train", "learning_rate", 0.5), False),
+                            (("sampling", "few_shot_after_training", True), False)):
+        copy = tmp_path / f"copy_{shared}_{changed and changed[1]}"
+        shutil.copytree(source, copy / "seed_0" / "star-no-rationalization")
+        (copy / "seed_0" / "grpo").mkdir(parents=True)
+        shutil.copy(grpo / "metrics.jsonl", copy / "seed_0" / "grpo" / "metrics.jsonl")
+        (copy / "seed_0" / "grpo" / "metrics.jsonl").write_text(
+            (grpo / "metrics.jsonl").read_text().splitlines()[0] + "\n")  # iteration 0 only
+        if changed:
+            saved = copy / "seed_0" / "star-no-rationalization" / "config.yaml"
+            values = yaml.safe_load(saved.read_text())
+            values[changed[0]][changed[1]] = changed[2]
+            saved.write_text(yaml.safe_dump(values))
+        mine = from_dict(dict(data, compare={**data["compare"], "output_dir": str(copy),
+                                             "methods": ["star-no-rationalization", "grpo"],
+                                             "reference": "grpo"}))
+        share_sft_start(mine, 0, "grpo")
+        rows = read_jsonl(copy / "seed_0" / "grpo" / "metrics.jsonl")
+        assert [r["iteration"] for r in rows] == ([0, 1] if shared else [0]), changed
+        assert (copy / "seed_0" / "grpo" / "iter_001" / "adapter").is_dir() == shared
+
+
 def test_plot_values_match_the_table(finished_compare):
     out, cfg = finished_compare
     rows = comparison_rows(cfg)

@@ -406,6 +406,43 @@ def test_validation_is_evaluated_and_stops_the_loop_when_it_stops_rising(tiny_mo
     assert list(validation_line[0].get_ydata()) == [0.25, 0.5, 0.5]
 
 
+def test_a_stage_decodes_its_test_and_validation_problems_in_one_call(tmp_path, monkeypatch):
+    """evaluate_into with validation problems: one greedy call over both (so they share batches), scored and
+    written apart; eval.pass_k's samples are drawn for the test problems only."""
+    from star_lite.evaluation import evaluate_into
+
+    cfg = from_dict(tiny_config_dict(tmp_path, tmp_path, task={"name": "arithmetic", "num_validation": 3,
+                                                               "options": {"min_digits": 1, "max_digits": 1}},
+                                     eval={"batch_size": 16, "pass_k": 2}))
+    task = load_task(cfg.task.name, **cfg.task.options)
+    test, validation = task.load("test", 4, 0), task.load("validation", 3, 0)
+    right = {test[0].id, test[2].id, validation[1].id}
+    calls = []
+
+    def answer(prompt, desc):
+        p = problem_of(prompt, task, test + validation)
+        return f"The answer is {p.answer}." if p.id in right else "I do not know."
+
+    def counting(cfg):
+        inner = scripted_generator(answer, tokens=3)(cfg)
+
+        def generate(model, tokenizer, prompts, **kwargs):
+            calls.append((kwargs.get("desc"), [problem_of(x, task, test + validation).id for x in prompts]))
+            return inner(model, tokenizer, prompts, **kwargs)
+        return generate
+
+    monkeypatch.setattr(evaluation_module, "generator", counting)
+    result = evaluate_into(tmp_path / "eval.jsonl", None, None, task, test, cfg, few_shot=False,
+                           validation=validation, validation_path=tmp_path / "validation.jsonl")
+    assert calls == [("evaluating", [p.id for p in test + validation]),
+                     ("evaluating @2", [p.id for p in test for _ in range(2)])]
+    assert (result["accuracy"], result["num_eval"], result["validation_accuracy"]) == (0.5, 4, 1 / 3)
+    assert result["eval_tokens"] == 3 * 4 + 3 * 4 * 2  # the test problems' greedy and k tokens
+    assert result["pass@2"] == 0.5
+    assert [r["id"] for r in read_jsonl(tmp_path / "eval.jsonl")] == [p.id for p in test]
+    assert [r["correct"] for r in read_jsonl(tmp_path / "validation.jsonl")] == [False, True, False]
+
+
 def test_each_iteration_trains_a_fresh_adapter_from_the_base(tiny_model_dir, tmp_path, monkeypatch):
     """Through the loop: iteration 2's training starts from a new initialisation, not iteration 1's weights."""
     import torch

@@ -67,12 +67,8 @@ def evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg: Config, few
     validation accuracy (``validation.jsonl``): what compare.tune chooses on, never test."""
     from ..loop import load_validation
 
-    result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=few_shot)
-    validation = load_validation(cfg, task, train, test)
-    if validation:
-        result["validation_accuracy"] = evaluate_into(it_dir / "validation.jsonl", model, tokenizer, task, validation,
-                                                      cfg, few_shot=few_shot)["accuracy"]
-    return result
+    return evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=few_shot,
+                         validation=load_validation(cfg, task, train, test), validation_path=it_dir / "validation.jsonl")
 
 
 def finish_row(rundir: RunDir, it: int, stage: str, t0: float, result: dict, **extra) -> dict[str, Any]:
