@@ -133,10 +133,12 @@ def evaluate_splits(model, tokenizer, task: Task, splits: list[list[Problem]], c
 
 
 def evaluate_into(path, model, tokenizer, task: Task, problems: list[Problem], cfg: Config, *,
-                  few_shot: bool, validation: list[Problem] = (), validation_path=None) -> dict[str, Any]:
+                  few_shot: bool, validation: list[Problem] = ()) -> dict[str, Any]:
     """``evaluate``, with the per-problem records written to ``path`` (an iteration's eval.jsonl). With
-    ``validation`` problems (written to ``validation_path``), both are decoded in one call
+    ``validation`` problems (written beside it, to validation.jsonl), both are decoded in one call
     (``evaluate_splits``) and the metrics gain ``validation_accuracy``: what stopping and compare.tune read."""
+    from pathlib import Path
+
     from . import phases
     from .rundir import write_jsonl
 
@@ -147,6 +149,6 @@ def evaluate_into(path, model, tokenizer, task: Task, problems: list[Problem], c
     write_jsonl(path, records)
     if validation:
         held, held_records = scored[1]
-        write_jsonl(validation_path, held_records)
+        write_jsonl(Path(path).with_name("validation.jsonl"), held_records)
         result["validation_accuracy"] = held["accuracy"]
     return result

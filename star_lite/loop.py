@@ -259,8 +259,7 @@ def start_run(cfg: Config) -> RunContext | None:
     if 0 not in finished:
         t0 = time.time()
         result = evaluate_into(rundir.iter_dir(0) / "eval.jsonl", base, tokenizer, task, test_problems, cfg,
-                               few_shot=True, validation=validation,
-                               validation_path=rundir.iter_dir(0) / "validation.jsonl")
+                               few_shot=True, validation=validation)
         seconds = round(time.time() - t0, 1)
         row = {"iteration": 0, "stage": "few-shot", **result, "num_train_examples": 0, "num_rationalized": 0,
                "num_rejected_hint": 0, "generated_tokens": 0, "seconds": seconds, "seconds_eval": seconds,
@@ -388,8 +387,7 @@ def star_loop(cfg: Config) -> list[dict[str, Any]]:
         t = time.time()
         few_shot_eval = cfg.sampling.few_shot_after_training
         result = evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test_problems, cfg,
-                               few_shot=few_shot_eval, validation=validation,
-                               validation_path=it_dir / "validation.jsonl")
+                               few_shot=few_shot_eval, validation=validation)
         timings["seconds_eval"] = round(time.time() - t, 1)
         row = {"iteration": it, "stage": "star", **result, "num_train_examples": len(kept),
                "num_rationalized": num_rationalized, "num_rejected_hint": num_rejected_hint,

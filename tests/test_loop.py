@@ -433,7 +433,7 @@ def test_a_stage_decodes_its_test_and_validation_problems_in_one_call(tmp_path, 
 
     monkeypatch.setattr(evaluation_module, "generator", counting)
     result = evaluate_into(tmp_path / "eval.jsonl", None, None, task, test, cfg, few_shot=False,
-                           validation=validation, validation_path=tmp_path / "validation.jsonl")
+                           validation=validation)
     assert calls == [("evaluating", [p.id for p in test + validation]),
                      ("evaluating @2", [p.id for p in test for _ in range(2)])]
     assert (result["accuracy"], result["num_eval"], result["validation_accuracy"]) == (0.5, 4, 1 / 3)

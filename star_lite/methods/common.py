@@ -68,7 +68,7 @@ def evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg: Config, few
     from ..loop import load_validation
 
     return evaluate_into(it_dir / "eval.jsonl", model, tokenizer, task, test, cfg, few_shot=few_shot,
-                         validation=load_validation(cfg, task, train, test), validation_path=it_dir / "validation.jsonl")
+                         validation=load_validation(cfg, task, train, test))
 
 
 def finish_row(rundir: RunDir, it: int, stage: str, t0: float, result: dict, **extra) -> dict[str, Any]:
