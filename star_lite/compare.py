@@ -18,6 +18,7 @@ compared problem by problem: a paired difference, pooled over seeds.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import copy
 import csv
 import io
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 
 from . import distributed
+from . import workers as workers_lib
 from .config import Config, ConfigError, from_dict, tune_points
 from .loop import log
 from .rundir import (LEGACY_VALUES, RunDir, adopt_legacy_values, append_jsonl, read_jsonl, with_legacy_values,
@@ -554,12 +556,87 @@ def adopt_saved_comparison(cfg: Config, out: Path) -> list[str]:
     return adopted
 
 
+def run_job(cfg: Config, seed: int, method: str) -> None:
+    """One method of one seed: its grid points (compare.tune), or its run with what other runs share."""
+    from .methods import run_method
+
+    scfg = seed_config(cfg, seed)
+    points = tune_points(cfg, method)
+    if points != [{}]:  # a grid, even of one point: its values are applied and recorded
+        tune_method(cfg, scfg, seed, method, points)
+        return
+    log(f"compare: seed {seed}, {method}")
+    share_iteration0(cfg, seed, method)
+    share_sft_start(cfg, seed, method)
+    run_method(scfg, method)
+
+
+def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str], list[tuple[int, str]]]:
+    """What each job waits for in a pool: the first job that evaluates the few-shot base (every other job
+    copies its iteration 0: one per comparison, or one per seed with compare.resample_split), and, for grpo,
+    star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``)."""
+    untuned = [m for m in cfg.compare.methods if tune_points(cfg, m) == [{}]]
+    first = "few-shot" if "few-shot" in untuned else (untuned[0] if untuned else None)
+    needs: dict[tuple[int, str], list[tuple[int, str]]] = {}
+    for seed, method in jobs:
+        source = (seed if cfg.compare.resample_split else cfg.compare.seeds[0], first)
+        mine = [source] if first is not None and (seed, method) != source else []
+        if method == "grpo" and "star-no-rationalization" in cfg.compare.methods:
+            mine.append((seed, "star-no-rationalization"))
+        needs[(seed, method)] = mine
+    return needs
+
+
+def _worker_start() -> None:  # each worker process: no progress bars (two would garble one terminal)
+    import os
+
+    os.environ["STAR_LITE_PROGRESS"] = "0"
+
+
+def _pool_job(data: dict[str, Any], seed: int, method: str) -> None:
+    from . import loop
+
+    loop.LOG_TAG = f"seed {seed} {method}"
+    run_job(from_dict(data), seed, method)
+
+
+def run_pool(cfg: Config, jobs: list[tuple[int, str]], workers: int, why: str) -> None:
+    """The jobs on ``workers`` processes side by side, longest first (``workers.run_jobs``); each resumes what
+    an earlier run of it left, as in one process. Each process picks its torch threads (run.threads: auto
+    shares the cores among the star_lite processes running), so two workers on two cores take one each."""
+    import multiprocessing
+
+    from .progress import progress
+
+    data = cfg.to_dict()
+    log(f"compare: {len(jobs)} jobs (seed, method) on {workers} worker processes ({why}), "
+        "longest first; each worker's lines carry its seed and method")
+    bar = progress(len(jobs), "compare", unit="job")
+    try:
+        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_worker_start) as pool:
+            def start(job):
+                return pool.submit(_pool_job, data, *job)
+
+            def report(line: str) -> None:
+                if " done in " in line:
+                    bar.update(1)
+                log(f"compare: {line}")
+
+            try:
+                workers_lib.run_jobs(jobs, job_needs(cfg, jobs), workers_lib.job_cost, workers, start, log=report,
+                                     name=lambda job: f"seed {job[0]}, {job[1]}")
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    finally:
+        bar.close()
+
+
 def compare(cfg: Config) -> list[dict[str, Any]]:
     """Run every method in ``cfg.compare.methods`` once per seed in ``cfg.compare.seeds`` (continuing
     finished ones) and write the comparison; returns its rows."""
     import matplotlib.pyplot as plt
-
-    from .methods import run_method
 
     if cfg.compare.reference not in cfg.compare.methods:
         raise ConfigError(f"compare.reference: {cfg.compare.reference!r} is not in compare.methods "
@@ -571,17 +648,13 @@ def compare(cfg: Config) -> list[dict[str, Any]]:
     out = Path(cfg.compare.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     adopt_saved_comparison(cfg, out)
-    for seed in cfg.compare.seeds:
-        scfg = seed_config(cfg, seed)
-        for method in cfg.compare.methods:
-            points = tune_points(cfg, method)
-            if points != [{}]:  # a grid, even of one point: its values are applied and recorded
-                tune_method(cfg, scfg, seed, method, points)
-                continue
-            log(f"compare: seed {seed}, {method}")
-            share_iteration0(cfg, seed, method)
-            share_sft_start(cfg, seed, method)
-            run_method(scfg, method)
+    jobs = [(seed, method) for seed in cfg.compare.seeds for method in cfg.compare.methods]
+    workers, why = workers_lib.choose_workers(cfg.compare.workers, len(jobs), cfg.model.device)
+    if workers == 1:
+        for seed, method in jobs:
+            run_job(cfg, seed, method)
+    else:
+        run_pool(cfg, jobs, workers, why)
     rows = comparison_rows(cfg)
     summary = summarize(cfg, rows)
     write_tables(cfg, rows, summary)

@@ -299,6 +299,10 @@ class CompareConfig:
     # and the one with the best validation accuracy is the method's result (needs task.num_validation > 0).
     # Every trained method gets the same number of points (default: the config's values alone, one point)
     tune: dict[str, Any] = field(default_factory=dict)
+    # processes running (seed, method) jobs side by side, longest first (0 = auto: one on a GPU or under
+    # accelerate launch; on a CPU STAR_LITE_COMPARE_WORKERS when set, else the usable cores, at most one per
+    # 6 GB of available memory and one per job). 1 = every job in this process, one after another
+    workers: int = at_least(0, 0)
 
 
 @dataclass
@@ -372,6 +376,7 @@ RESUMABLE_KEYS = {
     "compare.seeds",
     "compare.reference",
     "compare.tune",  # which grid points exist; each point's run holds its own values
+    "compare.workers",  # how many run side by side, not what each computes
 }
 
 def _type_name(tp: Any) -> str:

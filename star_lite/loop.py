@@ -50,9 +50,12 @@ from .trainers.sft import train_adapter
 from .training import release_memory, training_steps
 
 
+LOG_TAG = ""  # a comparison's worker process: its seed and method, so side-by-side lines tell apart
+
+
 def log(msg: str) -> None:
     if distributed.is_main():  # one copy of each line under accelerate launch
-        print(f"[star_lite] {msg}", file=sys.stderr, flush=True)
+        print(f"[star_lite{' ' + LOG_TAG if LOG_TAG else ''}] {msg}", file=sys.stderr, flush=True)
 
 
 def peak_memory_mb(device: str | None = None) -> float:

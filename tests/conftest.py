@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("STAR_LITE_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use files on disk only
+# comparisons in one process, where monkeypatches reach them; tests/test_workers.py runs the pool itself
+os.environ.setdefault("STAR_LITE_COMPARE_WORKERS", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # tests/toy_tasks.py is importable as a user's task
 
 
