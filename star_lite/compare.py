@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import copy
 import csv
+import fcntl
 import io
 import shutil
 import statistics
@@ -442,10 +443,12 @@ def tune_method(cfg: Config, scfg: Config, seed: int, method: str, points: list[
                               f"{method}")
         link.symlink_to(runs[chosen].name, target_is_directory=True)
         path = Path(cfg.compare.output_dir) / "tuning.jsonl"
-        others = [r for r in read_jsonl(path) if (r["seed"], r["method"]) != (seed, method)]
-        write_jsonl(path, others + [{"seed": seed, "method": method, "point": i, "values": point,
-                                     "validation_accuracy": scores[i], "chosen": i == chosen}
-                                    for i, point in enumerate(points)])
+        with open(path.with_name(".tuning.lock"), "w") as lock:  # pool workers finishing tuned jobs at once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            others = [r for r in read_jsonl(path) if (r["seed"], r["method"]) != (seed, method)]
+            write_jsonl(path, others + [{"seed": seed, "method": method, "point": i, "values": point,
+                                         "validation_accuracy": scores[i], "chosen": i == chosen}
+                                        for i, point in enumerate(points)])
 
 
 def tuning_lines(cfg: Config) -> list[str]:
@@ -575,13 +578,19 @@ def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str],
     """What each job waits for in a pool: the first job that evaluates the few-shot base (every other job
     copies its iteration 0: one per comparison, or one per seed with compare.resample_split), and, for grpo,
     star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``)."""
+    from .methods import method_config
+
     untuned = [m for m in cfg.compare.methods if tune_points(cfg, m) == [{}]]
-    first = "few-shot" if "few-shot" in untuned else (untuned[0] if untuned else None)
+    sft_start = ("grpo" in untuned and "star-no-rationalization" in cfg.compare.methods
+                 and method_config(cfg, "grpo").rl.grpo_init == "sft")
+    # the source of iteration 0 waits for nothing: never grpo while grpo waits for its SFT start
+    candidates = [m for m in untuned if not (sft_start and m == "grpo")]
+    first = "few-shot" if "few-shot" in candidates else (candidates[0] if candidates else None)
     needs: dict[tuple[int, str], list[tuple[int, str]]] = {}
     for seed, method in jobs:
         source = (seed if cfg.compare.resample_split else cfg.compare.seeds[0], first)
         mine = [source] if first is not None and (seed, method) != source else []
-        if method == "grpo" and "star-no-rationalization" in cfg.compare.methods:
+        if method == "grpo" and sft_start:
             mine.append((seed, "star-no-rationalization"))
         needs[(seed, method)] = mine
     return needs

@@ -65,10 +65,10 @@ def choose_workers(setting: int, jobs: int, device: str) -> tuple[int, str]:
     from .models import resolve_device
     from .threads import usable_cores
 
+    if distributed.world_size() > 1:  # before compare.workers: every rank must run the same jobs in one order
+        return 1, "accelerate launch: every process runs each job together"
     if setting > 0:
         return min(setting, max(1, jobs)), "compare.workers"
-    if distributed.world_size() > 1:
-        return 1, "accelerate launch: every process runs each job together"
     env = os.environ.get("STAR_LITE_COMPARE_WORKERS", "").strip()
     if env.isdigit() and int(env) > 0:
         return min(int(env), max(1, jobs)), "STAR_LITE_COMPARE_WORKERS"
@@ -98,9 +98,12 @@ def run_jobs(jobs: list[Hashable], needs: dict[Any, list[Any]], cost: Callable[[
 
     pending, running, done, failed, seconds = list(jobs), {}, set(), {}, {}
     while pending or running:
-        for j in [j for j in pending if any(n in failed for n in needs[j])]:
-            pending.remove(j)
-            failed[j] = f"not run: {', '.join(name(n) for n in needs[j] if n in failed)} failed"
+        skipped = True
+        while skipped:  # a job that needs a skipped job is skipped too, however long the chain
+            skipped = [j for j in pending if any(n in failed for n in needs[j])]
+            for j in skipped:
+                pending.remove(j)
+                failed[j] = f"not run: {', '.join(name(n) for n in needs[j] if n in failed)} failed"
         ready = [j for j in pending if all(n in done for n in needs[j])]
         while ready and len(running) < workers:
             job = max(ready, key=lambda j: (chain_cost(j), -jobs.index(j)))
@@ -116,7 +119,9 @@ def run_jobs(jobs: list[Hashable], needs: dict[Any, list[Any]], cost: Callable[[
                 future = cf.Future()
                 future.set_result(None)
             running[future] = (job, t0)
-        if not running:
+        if not running:  # nothing runs and nothing is ready: what is left waits on itself
+            for j in pending:
+                failed[j] = "not run: waits for " + ", ".join(name(n) for n in needs[j] if n not in done)
             break
         finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
         for future in finished:
@@ -128,7 +133,8 @@ def run_jobs(jobs: list[Hashable], needs: dict[Any, list[Any]], cost: Callable[[
                 log(f"{name(job)} done in {seconds[job]:,.0f} s ({len(done)}/{len(jobs)} jobs)")
             else:
                 failed[job] = f"{type(error).__name__}: {error}"
-                log(f"{name(job)} failed: {failed[job]}")
+                remote = getattr(error, "__cause__", None)  # a worker process's traceback, as text
+                log(f"{name(job)} failed: {failed[job]}" + (f"\n{remote}" if remote is not None else ""))
     if failed:
         raise JobsFailed({name(j): why for j, why in failed.items()})
     return seconds

@@ -75,7 +75,52 @@ def test_auto_workers_follow_cores_jobs_memory_and_the_device(monkeypatch):
     assert choose_workers(2, 30, "cpu") == (2, "compare.workers")
     assert choose_workers(4, 2, "cpu")[0] == 2  # never more workers than jobs
     monkeypatch.delenv("STAR_LITE_COMPARE_WORKERS")
-    assert choose_workers(0, 30, "cpu")[0] >= 1
+    monkeypatch.setattr("star_lite.threads.usable_cores", lambda: 2)
+    monkeypatch.setattr("star_lite.workers.available_memory_gb", lambda: 24.0)
+    assert choose_workers(0, 30, "cpu") == (2, "auto: 2 cores, 30 jobs, 24 GB available")
+    monkeypatch.setattr("star_lite.distributed.world_size", lambda: 2)  # accelerate launch: before the setting
+    assert choose_workers(2, 30, "cpu")[0] == 1 and choose_workers(0, 30, "cpu")[0] == 1
+
+
+def test_a_chain_of_skipped_jobs_and_jobs_waiting_on_each_other_are_all_named():
+    ran = []
+
+    def work(j):
+        if j == "a":
+            raise ValueError("broken on purpose")
+        ran.append(j)
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        with pytest.raises(JobsFailed) as e:
+            run_jobs(list("abcxyz"), {"b": ["a"], "c": ["b"], "x": ["y"], "y": ["x"]}, lambda j: 1, 2,
+                     lambda j: pool.submit(work, j))
+    assert ran == ["z"]
+    assert set(e.value.failed) == set("abcxy")
+    assert "b failed" in e.value.failed["c"] and "waits for y" in e.value.failed["x"]
+    with pytest.raises(JobsFailed) as e:  # one slot, nothing else running: the whole chain at once
+        run_jobs(list("abc"), {"b": ["a"], "c": ["b"]}, lambda j: 1, 1, lambda j: work(j))
+    assert "b failed" in e.value.failed["c"]
+
+
+@pytest.mark.parametrize("methods, grpo_init", [(["few-shot", "star-no-rationalization", "grpo"], "sft"),
+                                                (["grpo", "star-no-rationalization", "star"], "sft"),
+                                                (["grpo", "star-no-rationalization", "star"], "base")])
+def test_job_needs_every_job_runs_after_what_it_copies(methods, grpo_init, tmp_path):
+    from star_lite.compare import job_needs
+    from star_lite.config import from_dict
+
+    data = tiny_config_dict(tmp_path, tmp_path / "unused", rl={"grpo_init": grpo_init})
+    data["compare"] = {"methods": methods, "output_dir": str(tmp_path), "seeds": [0, 1]}
+    cfg = from_dict(data)
+    jobs = [(seed, m) for seed in (0, 1) for m in methods]
+    needs = job_needs(cfg, jobs)
+    done = []
+    with cf.ThreadPoolExecutor(2) as pool:
+        run_jobs(jobs, needs, lambda j: 1, 2, lambda j: pool.submit(done.append, j))
+    assert sorted(done) == sorted(jobs)  # no job waits on one that waits on it
+    first = [j for j in jobs if not needs[j]]
+    assert len(first) == 1 and all(first[0] in needs[j] for j in jobs if j != first[0])  # one iteration 0 source
+    assert ((1, "star-no-rationalization") in needs[(1, "grpo")]) == (grpo_init == "sft")
 
 
 def test_two_worker_processes_give_the_runs_one_process_gives(tiny_model_dir, tmp_path):
