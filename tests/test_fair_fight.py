@@ -4,7 +4,6 @@ sampling drops flat groups, tuning chooses on validation, false positives are co
 import json
 
 import pytest
-import torch
 
 from star_lite.compare import budget_lines, choose_point, diagnostic_lines
 from star_lite.config import ConfigError, from_dict

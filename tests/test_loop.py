@@ -179,7 +179,7 @@ import star_lite.loop as loop_module  # noqa: E402
 from star_lite.loop import keep_examples  # noqa: E402
 from star_lite.methods import method_config  # noqa: E402
 from star_lite.sampling import Generation  # noqa: E402
-from star_lite.tasks import Problem, load_task  # noqa: E402
+from star_lite.tasks import Problem  # noqa: E402
 
 
 def scripted_generator(answer, batches=None, seconds_per_batch=0.0, tokens=4):

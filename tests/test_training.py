@@ -13,7 +13,6 @@ from star_lite.models import load_tokenizer
 from star_lite.tasks import load_task
 from trl import SFTTrainer
 
-from star_lite import training
 from star_lite.trainers import args as trainer_args
 from star_lite.training import train_adapter, uses_bf16_autocast
 
