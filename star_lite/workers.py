@@ -63,7 +63,7 @@ def choose_workers(setting: int, jobs: int, device: str) -> tuple[int, str]:
     """``compare.workers`` resolved, and why."""
     from . import distributed
     from .models import resolve_device
-    from .threads import usable_cores
+    from .threads import live_processes, usable_cores
 
     if distributed.world_size() > 1:  # before compare.workers: every rank must run the same jobs in one order
         return 1, "accelerate launch: every process runs each job together"
@@ -74,8 +74,12 @@ def choose_workers(setting: int, jobs: int, device: str) -> tuple[int, str]:
         return min(int(env), max(1, jobs)), "STAR_LITE_COMPARE_WORKERS"
     on_gpu = resolve_device(device) != "cpu"
     cores, memory = usable_cores(), available_memory_gb()
-    n = auto_workers(jobs, cores, memory, on_gpu)
-    why = "auto: one GPU" if on_gpu else "auto: " + (f"{cores} cores, {jobs} jobs" + (f", {memory:.0f} GB available" if memory else ""))
+    # star_lite runs (another comparison, a `star-lite run`, a bench) already on these cores take theirs
+    others = [] if on_gpu else [p for p in live_processes() if p != os.getpid()]
+    n = auto_workers(jobs, max(1, cores - len(others)), memory, on_gpu)
+    busy = f", {len(others)} other star_lite process{'es' if len(others) > 1 else ''}" if others else ""
+    why = "auto: one GPU" if on_gpu else "auto: " + (f"{cores} cores{busy}, {jobs} jobs"
+                                                     + (f", {memory:.0f} GB available" if memory else ""))
     return n, why
 
 

@@ -1,6 +1,7 @@
 """compare.workers: (seed, method) jobs on worker processes, longest first, waiting for what they copy."""
 
 import concurrent.futures as cf
+import os
 import threading
 import time
 
@@ -77,7 +78,10 @@ def test_auto_workers_follow_cores_jobs_memory_and_the_device(monkeypatch):
     monkeypatch.delenv("STAR_LITE_COMPARE_WORKERS")
     monkeypatch.setattr("star_lite.threads.usable_cores", lambda: 2)
     monkeypatch.setattr("star_lite.workers.available_memory_gb", lambda: 24.0)
+    monkeypatch.setattr("star_lite.threads.live_processes", lambda: [os.getpid()])  # this process: not another
     assert choose_workers(0, 30, "cpu") == (2, "auto: 2 cores, 30 jobs, 24 GB available")
+    monkeypatch.setattr("star_lite.threads.live_processes", lambda: [os.getpid(), os.getpid() + 1])
+    assert choose_workers(0, 30, "cpu") == (1, "auto: 2 cores, 1 other star_lite process, 30 jobs, 24 GB available")
     monkeypatch.setattr("star_lite.distributed.world_size", lambda: 2)  # accelerate launch: before the setting
     assert choose_workers(2, 30, "cpu")[0] == 1 and choose_workers(0, 30, "cpu")[0] == 1
 
