@@ -575,8 +575,9 @@ def run_job(cfg: Config, seed: int, method: str) -> None:
 
 
 def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str], list[tuple[int, str]]]:
-    """What each job waits for in a pool: the first job that evaluates the few-shot base (every other job
-    copies its iteration 0: one per comparison, or one per seed with compare.resample_split), and, for grpo,
+    """What each job waits for in a pool: the job that evaluates the few-shot base, the shortest method's
+    (every other job copies its iteration 0: one per comparison, or one per seed with compare.resample_split),
+    and, for grpo,
     star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``)."""
     from .methods import method_config
 
@@ -585,7 +586,8 @@ def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str],
                  and method_config(cfg, "grpo").rl.grpo_init == "sft")
     # the source of iteration 0 waits for nothing: never grpo while grpo waits for its SFT start
     candidates = [m for m in untuned if not (sft_start and m == "grpo")]
-    first = "few-shot" if "few-shot" in candidates else (candidates[0] if candidates else None)
+    # every other job waits for the whole source job: the shortest one (few-shot, where it is listed)
+    first = min(candidates, key=lambda m: workers_lib.job_cost((0, m))) if candidates else None
     needs: dict[tuple[int, str], list[tuple[int, str]]] = {}
     for seed, method in jobs:
         source = (seed if cfg.compare.resample_split else cfg.compare.seeds[0], first)

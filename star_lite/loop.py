@@ -291,18 +291,29 @@ def running(cfg: Config) -> Iterator[None]:
         yield
 
 
+def planned_stop(cfg: Config) -> tuple[str, str]:
+    """Why a run that ran every configured iteration stopped: its iterations; with none configured (few-shot),
+    its schedule, for it generates nothing."""
+    if cfg.star.iterations == 0:
+        return "schedule", "star.iterations = 0: the few-shot base model alone; generates nothing"
+    return "iterations", f"star.iterations = {cfg.star.iterations} finished"
+
+
 def star_loop(cfg: Config) -> list[dict[str, Any]]:
     """STaR's iterations (and ReST-EM's, AdaSTaR's, v-star's generator) in a run directory already opened
     (``open_run``): continues from the last finished iteration."""
     started = start_run(cfg)
     if started is None:
-        return RunDir(cfg.run.output_dir).metrics()
+        rundir = RunDir(cfg.run.output_dir)
+        if not rundir.stop():  # every iteration was there before it began: iteration 0 copied (few-shot)
+            rundir.record_stop(*planned_stop(cfg))
+        return rundir.metrics()
     rundir, task, train_problems, test_problems, tokenizer, base, finished = started
     validation = load_validation(cfg, task, train_problems, test_problems)
 
     last = max(finished)
     model = base if last == 0 else load_adapter(base, rundir.iter_dir(last) / "adapter")
-    stop = ("iterations", f"star.iterations = {cfg.star.iterations} finished")
+    stop = planned_stop(cfg)
     for it in range(last + 1, cfg.star.iterations + 1):
         apply_threads(cfg.run.threads, log)  # processes beside this one may have started or finished
         spent = budget_spent(rundir.metrics(), cfg)

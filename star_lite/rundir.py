@@ -202,7 +202,7 @@ class RunDir:
     def record_stop(self, reason: str, detail: str = "") -> None:
         """Why the method stopped (``stop.json``): budget (run.budget_* spent), iterations (star.iterations
         reached), steps (rl.steps reached), validation_stopped_rising, no_data (nothing to train on), schedule
-        (a method with a fixed length that generates nothing, sft-direct). The comparison shows it beside the
+        (a method with a fixed length that generates nothing: sft-direct, few-shot). The comparison shows it beside the
         budget spent."""
         if reason not in self.STOP_REASONS:
             raise ValueError(f"stop reason {reason!r} is not one of {self.STOP_REASONS}")

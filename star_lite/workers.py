@@ -3,9 +3,10 @@
 One process per seed leaves a core idle whenever one seed's methods take longer than another's, and
 three processes on two cores slow each other (docs/comparison.md, "Seeds side by side"). A pool of as
 many workers as cores, each taking the longest job still waiting whose inputs are ready, keeps every
-core busy to the end. Two jobs wait for another: every method waits for the first job that evaluates the
-few-shot base (its iteration 0 is copied, not computed again), and grpo waits for
-star-no-rationalization of its seed (its SFT start is copied from that run's first iteration).
+core busy to the end. Two jobs wait for another: every method waits for the job that evaluates the
+few-shot base, few-shot's or else the shortest method's (its iteration 0 is copied, not computed again),
+and grpo waits for star-no-rationalization of its seed (its SFT start is copied from that run's first
+iteration).
 
 >>> jobs = [(0, "few-shot"), (0, "star"), (0, "v-star"), (1, "star")]
 >>> order = []

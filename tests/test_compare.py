@@ -313,3 +313,22 @@ def test_each_stage_records_where_its_time_went(finished_compare):
     text = (out / "comparison.md").read_text()
     table = text.split("## Time by phase")[1].split("\n\n")[2]
     assert "RL rollouts" in table.splitlines()[0] and "| grpo |" in table
+
+
+def test_few_shot_records_its_stop_also_where_its_evaluation_is_copied(finished_compare, tmp_path):
+    """A seed run on its own (one process per seed) copies few-shot's iteration 0 from another seed's run;
+    its stop reason must still be recorded, or the budget table marks it as a method without its turn."""
+    import json
+    import shutil
+
+    from star_lite.compare import run_job
+
+    out, cfg = finished_compare
+    assert json.loads((out / "seed_0" / "few-shot" / "stop.json").read_text())["stop_reason"] == "schedule"
+    shutil.copytree(out / "seed_0" / "few-shot", tmp_path / "seed_0" / "few-shot")
+    data = cfg.to_dict()
+    data["compare"].update(seeds=[1], output_dir=str(tmp_path))
+    run_job(from_dict(data), 1, "few-shot")
+    copied = tmp_path / "seed_1" / "few-shot"
+    assert read_jsonl(copied / "metrics.jsonl")[0]["shared_from"] == "seed_0/few-shot"
+    assert json.loads((copied / "stop.json").read_text())["stop_reason"] == "schedule"

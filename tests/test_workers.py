@@ -106,10 +106,12 @@ def test_a_chain_of_skipped_jobs_and_jobs_waiting_on_each_other_are_all_named():
     assert "b failed" in e.value.failed["c"]
 
 
-@pytest.mark.parametrize("methods, grpo_init", [(["few-shot", "star-no-rationalization", "grpo"], "sft"),
-                                                (["grpo", "star-no-rationalization", "star"], "sft"),
-                                                (["grpo", "star-no-rationalization", "star"], "base")])
-def test_job_needs_every_job_runs_after_what_it_copies(methods, grpo_init, tmp_path):
+@pytest.mark.parametrize("methods, grpo_init, source", [
+    (["few-shot", "star-no-rationalization", "grpo"], "sft", "few-shot"),
+    (["grpo", "star-no-rationalization", "star"], "sft", "star-no-rationalization"),  # never grpo: it waits
+    (["grpo", "star-no-rationalization", "star"], "base", "grpo"),
+    (["v-star", "star", "sft-direct"], "sft", "sft-direct")])  # the shortest, not the first listed
+def test_job_needs_every_job_runs_after_what_it_copies(methods, grpo_init, source, tmp_path):
     from star_lite.compare import job_needs
     from star_lite.config import from_dict
 
@@ -124,7 +126,10 @@ def test_job_needs_every_job_runs_after_what_it_copies(methods, grpo_init, tmp_p
     assert sorted(done) == sorted(jobs)  # no job waits on one that waits on it
     first = [j for j in jobs if not needs[j]]
     assert len(first) == 1 and all(first[0] in needs[j] for j in jobs if j != first[0])  # one iteration 0 source
-    assert ((1, "star-no-rationalization") in needs[(1, "grpo")]) == (grpo_init == "sft")
+    # the shortest method evaluates the base: every other job waits for that whole job
+    assert first[0] == (0, source)
+    if "grpo" in methods:
+        assert ((1, "star-no-rationalization") in needs[(1, "grpo")]) == (grpo_init == "sft")
 
 
 def test_two_worker_processes_give_the_runs_one_process_gives(tiny_model_dir, tmp_path):
