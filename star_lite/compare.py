@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from . import distributed
+from . import distributed, reuse
 from . import workers as workers_lib
 from .config import Config, ConfigError, from_dict, tune_points
 from .loop import log
@@ -85,7 +85,7 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
             for r in sorted(read_jsonl(path), key=lambda r: r["iteration"]):
                 generated += r.get("generated_tokens", 0)
                 trained += r.get("trained_tokens", 0)
-                seconds += r.get("seconds", 0.0)
+                seconds += r.get("seconds", 0.0) + r.get("seconds_reused", 0.0)  # reused work costs what it cost
                 n = r.get("num_eval", 0)
                 lo, hi = row_interval(r)
                 row = {"method": method, "seed": seed, "iteration": r["iteration"], "stage": r.get("stage", ""),
@@ -108,7 +108,7 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
                     if r.get(key) is not None:
                         row[key] = round(r[key], 4) if isinstance(r[key], float) else r[key]
                 row["spent_tokens"] = int(generated + trained * (cfg.run.budget_axis == "all"))
-                row.update({k: v for k, v in r.items() if k in PHASES or k == "shared_from"})
+                row.update({k: v for k, v in r.items() if k in PHASES or k in ("shared_from", "seconds_reused")})
                 rows.append(row)
             stop = RunDir(seed_dir(cfg, seed) / method).stop()
             if rows and rows[-1]["method"] == method and rows[-1]["seed"] == seed:
@@ -155,24 +155,30 @@ def time_lines(rows: list[dict[str, Any]]) -> list[str]:
         seeds = per.setdefault(r["method"], [])
         if not seeds or seeds[-1]["seed"] != r["seed"]:
             seeds.append({"seed": r["seed"]})
-        for key in [*PHASES, "seconds"]:
+        for key in [*PHASES, "seconds", "seconds_reused"]:
             seeds[-1][key] = seeds[-1].get(key, 0.0) + (r.get(key) or 0.0)
     if not per:
         return []
     shown = [k for k in PHASES if any(s.get(k) for seeds in per.values() for s in seeds)]
+    reused = any(s.get("seconds_reused") for seeds in per.values() for s in seeds)
     lines = ["## Time by phase", "",
              "Wall seconds per method and seed, mean over seeds, from each stage's own timers; other: loading, "
-             "saving and the rest. Processes run side by side share the cores, so their seconds run slower.", "",
-             "| method | " + " | ".join(PHASES[k] for k in shown) + " | other | total |",
-             "| --- |" + " ---: |" * (len(shown) + 2)]
-    total = 0.0
+             "saving and the rest. Processes run side by side share the cores, so their seconds run slower."
+             + (" Reused: seconds of work another method of the seed had already computed alike (compare.reuse), "
+                "handed over instead of run again; counted in the method's cost, not in its total here." if reused
+                else ""), "",
+             "| method | " + " | ".join(PHASES[k] for k in shown) + " | other | total |" + (" reused |" if reused else ""),
+             "| --- |" + " ---: |" * (len(shown) + 2 + reused)]
+    total = saved = 0.0
     for method, seeds in per.items():
-        mean = {k: sum(s.get(k, 0.0) for s in seeds) / len(seeds) for k in [*shown, "seconds"]}
+        mean = {k: sum(s.get(k, 0.0) for s in seeds) / len(seeds) for k in [*shown, "seconds", "seconds_reused"]}
         other = max(0.0, mean["seconds"] - sum(mean[k] for k in shown))
         total += sum(s["seconds"] for s in seeds)
+        saved += sum(s.get("seconds_reused", 0.0) for s in seeds)
         lines.append(f"| {method} | " + " | ".join(f"{mean[k]:,.0f}" for k in shown) +
-                     f" | {other:,.0f} | {mean['seconds']:,.0f} |")
-    return lines + ["", f"All methods and seeds: {total / 60:,.1f} minutes of run time (the sum over runs).", ""]
+                     f" | {other:,.0f} | {mean['seconds']:,.0f} |" + (f" {mean['seconds_reused']:,.0f} |" if reused else ""))
+    return lines + ["", f"All methods and seeds: {total / 60:,.1f} minutes of run time (the sum over runs)"
+                    + (f"; {saved / 60:,.1f} more minutes of work reused, not run again" if saved else "") + ".", ""]
 
 
 def diagnostic_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -565,27 +571,46 @@ def run_job(cfg: Config, seed: int, method: str) -> None:
 
     scfg = seed_config(cfg, seed)
     points = tune_points(cfg, method)
-    if points != [{}]:  # a grid, even of one point: its values are applied and recorded
-        tune_method(cfg, scfg, seed, method, points)
-        return
-    log(f"compare: seed {seed}, {method}")
-    share_iteration0(cfg, seed, method)
-    share_sft_start(cfg, seed, method)
-    run_method(scfg, method)
+    with reuse.active(Path(cfg.compare.output_dir) / ".reuse" if reuse.enabled(cfg) else None):
+        if points != [{}]:  # a grid, even of one point: its values are applied and recorded
+            tune_method(cfg, scfg, seed, method, points)
+            return
+        log(f"compare: seed {seed}, {method}")
+        share_iteration0(cfg, seed, method)
+        share_sft_start(cfg, seed, method)
+        run_method(scfg, method)
+
+
+def reuse_sources(cfg: Config, method: str) -> list[str]:
+    """The methods whose work ``method`` computes alike in this config, so that under compare.reuse it waits
+    for them in a pool (its own steps then come from the store): v-star's generator and dpo's first iteration
+    sample as rest-em does when they draw as many rationales per problem at the same temperature. Only an
+    order: what is reused is decided by reuse.py's keys, call by call."""
+    from .methods import method_config
+
+    if not reuse.enabled(cfg) or "rest-em" not in cfg.compare.methods or method not in ("v-star", "dpo") \
+            or tune_points(cfg, "rest-em") != [{}] or tune_points(cfg, method) != [{}]:
+        return []
+    rest_em = method_config(cfg, "rest-em")
+    mine = method_config(cfg, method)
+    draws = ((mine.star.samples_per_problem, mine.sampling.temperature) if method == "v-star"
+             else (mine.dpo.samples_per_problem, mine.dpo.temperature))
+    return ["rest-em"] if draws == (rest_em.star.samples_per_problem, rest_em.sampling.temperature) else []
 
 
 def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str], list[tuple[int, str]]]:
     """What each job waits for in a pool: the job that evaluates the few-shot base, the shortest method's
     (every other job copies its iteration 0: one per comparison, or one per seed with compare.resample_split),
-    and, for grpo,
-    star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``)."""
+    for grpo, star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``), and for v-star and dpo
+    under compare.reuse, rest-em of its seed (``reuse_sources``)."""
     from .methods import method_config
 
     untuned = [m for m in cfg.compare.methods if tune_points(cfg, m) == [{}]]
     sft_start = ("grpo" in untuned and "star-no-rationalization" in cfg.compare.methods
                  and method_config(cfg, "grpo").rl.grpo_init == "sft")
     # the source of iteration 0 waits for nothing: never grpo while grpo waits for its SFT start
-    candidates = [m for m in untuned if not (sft_start and m == "grpo")]
+    # (nor a method that waits for the run whose work it reuses)
+    candidates = [m for m in untuned if not (sft_start and m == "grpo") and not reuse_sources(cfg, m)]
     # every other job waits for the whole source job: the shortest one (few-shot, where it is listed)
     first = min(candidates, key=lambda m: workers_lib.job_cost((0, m))) if candidates else None
     needs: dict[tuple[int, str], list[tuple[int, str]]] = {}
@@ -594,6 +619,7 @@ def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str],
         mine = [source] if first is not None and (seed, method) != source else []
         if method == "grpo" and sft_start:
             mine.append((seed, "star-no-rationalization"))
+        mine += [(seed, other) for other in reuse_sources(cfg, method)]
         needs[(seed, method)] = mine
     return needs
 

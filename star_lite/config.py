@@ -303,6 +303,11 @@ class CompareConfig:
     # accelerate launch; on a CPU STAR_LITE_COMPARE_WORKERS when set, else the usable cores, at most one per
     # 6 GB of available memory and one per job). 1 = every job in this process, one after another
     workers: int = at_least(0, 0)
+    # work two methods compute alike (the same weights, prompts or examples, settings and random state:
+    # rest-em's iterations are v-star's generator, dpo's first SFT is rest-em's) computed once and handed to the
+    # other, bit for bit (star_lite/reuse.py). auto: on, except under accelerate launch, with the vLLM backend
+    # or a run.budget_seconds (a reused result costs no seconds). off: every method computes all its own work
+    reuse: str = one_of("auto", "off")
 
 
 @dataclass
@@ -377,6 +382,7 @@ RESUMABLE_KEYS = {
     "compare.reference",
     "compare.tune",  # which grid points exist; each point's run holds its own values
     "compare.workers",  # how many run side by side, not what each computes
+    "compare.reuse",  # whether work computed alike is computed once: the same results either way
 }
 
 def _type_name(tp: Any) -> str:

@@ -35,7 +35,7 @@ from typing import Any, Iterator, NamedTuple
 
 import torch
 
-from . import distributed, phases
+from . import distributed, phases, reuse
 from .budget import Budget, BudgetExhausted, budget_spent
 from .config import Config
 from .evaluation import evaluate_into
@@ -266,7 +266,7 @@ def start_run(cfg: Config) -> RunContext | None:
         seconds = round(time.time() - t0, 1)
         row = {"iteration": 0, "stage": "few-shot", **result, "num_train_examples": 0, "num_rationalized": 0,
                "num_rejected_hint": 0, "generated_tokens": 0, "seconds": seconds, "seconds_eval": seconds,
-               "peak_memory_mb": round(peak_memory_mb())}
+               **reuse.take(), "peak_memory_mb": round(peak_memory_mb())}
         rundir.add_metrics(row)
         log(f"iteration 0 (few-shot base): accuracy {result['accuracy']:.3f}")
         finished[0] = row
@@ -412,14 +412,16 @@ def star_loop(cfg: Config) -> list[dict[str, Any]]:
                "trained_tokens": trained.trained_tokens,
                "generated_tokens": sum(s["tokens"] for s in all_samples),
                "budget_exhausted": budget.cut is not None,
-               "seconds": round(time.time() - t0, 1), **timings, "peak_memory_mb": round(peak_memory_mb())}
+               "seconds": round(time.time() - t0, 1), **timings, **reuse.take(),
+               "peak_memory_mb": round(peak_memory_mb())}
         rundir.add_metrics(row)
         if distributed.is_main():
             cache.unlink(missing_ok=True)
         log(f"iteration {it}: accuracy {result['accuracy']:.3f} (iteration 0: {finished[0]['accuracy']:.3f})"
             + (f", validation {result['validation_accuracy']:.3f}" if validation else "")
             + f", {steps} steps, {row['seconds']:.0f}s "
-            f"(sampling {timings['seconds_sampling']:.0f}s, rationalization {timings['seconds_rationalization']:.0f}s, "
+            + (f"(+{row['seconds_reused']:.0f}s of another method's identical work reused) " if row.get("seconds_reused") else "")
+            + f"(sampling {timings['seconds_sampling']:.0f}s, rationalization {timings['seconds_rationalization']:.0f}s, "
             f"training {timings['seconds_training']:.0f}s, eval {timings['seconds_eval']:.0f}s)")
         if budget.cut:  # the iteration that spent the budget is the last
             stop = ("budget", budget.cut)

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Hashable
 
 # seconds per seed of each built-in method's job on one core (configs/compare_reasoning.yaml, docs/comparison.md
-# "Time by phase"; grpo without its shared SFT start): only the order matters, longest first
+# "Time by phase"; grpo without its shared SFT start, v-star and dpo without what they reuse from rest-em under
+# compare.reuse): only the order matters, longest first
 METHOD_COST = {"few-shot": 37, "sft-direct": 267, "star": 544, "star-no-rationalization": 516, "rest-em": 365,
-               "self-motivated": 592, "grpo": 351, "dpo": 347, "v-star": 1021, "adastar": 350}
+               "self-motivated": 592, "grpo": 351, "dpo": 220, "v-star": 680, "adastar": 350}
 MEMORY_PER_WORKER_GB = 6  # a compare_reasoning method's peak resident memory was 5.8 GB
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pathlib import Path
 
-from .. import distributed, phases
+from .. import distributed, phases, reuse
 from ..budget import budget_spent
 from ..config import Config
 from ..evaluation import evaluate_into
@@ -73,11 +73,13 @@ def evaluate_stage(it_dir, model, tokenizer, task, train, test, cfg: Config, few
 
 def finish_row(rundir: RunDir, it: int, stage: str, t0: float, result: dict, **extra) -> dict[str, Any]:
     row = {"iteration": it, "stage": stage, **result, "num_rationalized": 0, **extra,
-           "seconds": round(time.time() - t0, 1), **phases.take(), "peak_memory_mb": round(peak_memory_mb())}
+           "seconds": round(time.time() - t0, 1), **phases.take(), **reuse.take(),
+           "peak_memory_mb": round(peak_memory_mb())}
     row.setdefault("num_train_examples", 0)
     row.setdefault("generated_tokens", 0)
     rundir.add_metrics(row)
-    log(f"{rundir.root.name} {stage}: accuracy {result['accuracy']:.3f}, {row['seconds']:.0f}s")
+    log(f"{rundir.root.name} {stage}: accuracy {result['accuracy']:.3f}, {row['seconds']:.0f}s"
+        + (f" (+{row['seconds_reused']:.0f}s of another method's identical work reused)" if row.get("seconds_reused") else ""))
     return row
 
 

@@ -14,6 +14,7 @@ import functools
 
 import torch
 
+from .. import reuse
 from .base import Generate, Generation, OnBatch
 from .hf import _batch_inputs, _num_generated, generate, shared_prefix
 
@@ -94,7 +95,19 @@ def backend(cfg) -> Generate:
     hf = functools.partial(generate, prefix_attention="shared" if shared else "copied", draw=cfg.sampling.draw)
     autocast = uses_autocast(cfg)
     hf = in_bfloat16(hf) if autocast else hf
-    return with_merged_lora(hf, torch.bfloat16 if autocast else None) if merges_lora(cfg) else hf
+    hf = with_merged_lora(hf, torch.bfloat16 if autocast else None) if merges_lora(cfg) else hf
+    return reuse.memoized_generate(hf, reuse_settings(cfg))
+
+
+def reuse_settings(cfg) -> dict:
+    """What a generation's result depends on in the config besides its call's arguments: the base model and
+    how the backend computes (reuse.py keys a stored call by it)."""
+    import dataclasses
+
+    sampling = {k: v for k, v in dataclasses.asdict(cfg.sampling).items()
+                if k not in ("batch_size", "max_new_tokens", "temperature", "top_p", "few_shot_after_training")}
+    return {"model": dataclasses.asdict(cfg.model), "sampling": sampling, "autocast": uses_autocast(cfg),
+            "merged": merges_lora(cfg)}
 
 
 def generator(cfg) -> Generate:

@@ -98,7 +98,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
              desc: str = "sampling", on_batch: Callable[[list[int], list[Generation]], None] | None = None,
              share_prefix: bool = True, prefix_attention: str = "shared",
              prompt_ids: Sequence[Sequence[int]] | None = None, top_k: int | None = None,
-             draw: str = "auto") -> list[Generation]:
+             draw: str = "auto", first: int = 0) -> list[Generation]:
     """Generate a continuation for every prompt; greedy when ``temperature == 0``.
 
     Prompts are grouped by length so a batch pads little. When the prompts share a long token
@@ -110,7 +110,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
     tokenized (GRPO's rollouts), used instead of tokenizing ``prompts``; ``top_k`` overrides the model's
     generation config (GRPO samples with TRL's top_k, 0 = none). ``draw``: how the shared-prefix loop draws a
     sampled token (``sampling.draw``; prefix_decode.resolve_draw). ``on_batch(indices,
-    generations)`` is called after each batch (the loop uses it to save progress).
+    generations)`` is called after each batch (the loop uses it to save progress). ``first``: start at that
+    prompt of the length order, the earlier ones' batches already drawn (a stored call's continuation,
+    reuse.py); their results are None.
     """
     from . import prefix_decode
 
@@ -143,8 +145,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, 
         stop_criteria = (StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)) if stop_strings
                          else lambda seen, scores: torch.zeros(len(seen), dtype=torch.bool, device=seen.device))
     bar = progress(total=len(ids), desc=desc, unit="seq")
+    bar.update(first)
     try:
-        start = 0
+        start = first
         while start < len(order):
             idx = order[start:start + batch_size]
             try:

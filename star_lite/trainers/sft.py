@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .. import fastpaths, phases
+from .. import fastpaths, phases, reuse
 from ..config import Config
 from ..models import fresh_adapter, resolve_device, resolve_dtype
 from ..progress import quiet_libraries, quiet_trainer
@@ -153,6 +153,9 @@ def train_adapter(base, tokenizer, examples: list[dict[str, str]], cfg: Config, 
     release_memory()
     model.eval()
     return model, result
+
+
+train_adapter = reuse.memoized_sft(train_adapter)  # compare.reuse: a run another method already trained
 
 
 def truncate(dataset, max_length: int):

@@ -1,0 +1,107 @@
+"""compare.reuse: work two methods compute alike is computed once, and the methods' results stay bit for bit
+what they compute on their own."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from star_lite.rundir import read_jsonl
+
+from conftest import tiny_config_dict
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    """Everything a method's run directory holds that its computation decides (not timings, not logs)."""
+    kept = (".jsonl", ".safetensors")
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.suffix in kept and p.name != "metrics.jsonl"}
+
+
+def _rows(run: Path) -> list[dict]:
+    timing = ("seconds", "peak_memory_mb", "shared_from")
+    return [{k: v for k, v in r.items() if not k.startswith(timing)} for r in read_jsonl(run / "metrics.jsonl")]
+
+
+def test_v_star_and_dpo_reuse_rest_em_and_compute_what_they_compute_alone(tiny_model_dir, tmp_path):
+    """rest-em's iterations are v-star's generator and dpo's first samples and SFT (same draws, settings and
+    seed): with reuse they come from the store, and every sample, pair, candidate, adapter and metric of v-star
+    and dpo is what they compute with reuse off (the random state after a reused call included: dpo's pairs
+    and v-star's candidates are drawn after it)."""
+    from star_lite.cli import main
+
+    outs = {}
+    for reuse in ("auto", "off"):
+        out = tmp_path / reuse
+        # 8 steps: at least one pass over the at most 2 x 16 kept examples, so rest-em trains as many steps as
+        # the STaR schedule gives v-star (in the comparison's config too)
+        data = tiny_config_dict(tiny_model_dir, out / "unused", train={"start_steps": 8}, model={"load_in_4bit": False},  # reuse: auto is off on a 4-bit base
+                                rest_em={"samples_per_problem": 2, "temperature": 0.7, "max_kept_per_problem": 10},
+                                dpo={"samples_per_problem": 2, "temperature": 0.7},
+                                v_star={"samples_per_problem": 2, "temperature": 0.7, "k": 2})
+        data["compare"] = {"methods": ["rest-em", "dpo", "v-star"], "output_dir": str(out), "seeds": [0],
+                           "reference": "rest-em", "reuse": reuse}
+        path = tmp_path / f"compare_{reuse}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        assert main(["compare", str(path)]) == 0
+        outs[reuse] = out / "seed_0"
+    for method in ("rest-em", "dpo", "v-star"):
+        on, off = outs["auto"] / method, outs["off"] / method
+        assert _files(on) == _files(off), method
+        assert _rows(on) == _rows(off), method
+    reused = {m: sum(r.get("seconds_reused", 0) for r in read_jsonl(outs["auto"] / m / "metrics.jsonl"))
+              for m in ("rest-em", "dpo", "v-star")}
+    assert reused["rest-em"] == 0 and reused["dpo"] > 0 and reused["v-star"] > 0, reused
+    v_star = [r for r in read_jsonl(outs["auto"] / "v-star" / "metrics.jsonl") if r.get("stage") == "star"]
+    assert all(r.get("seconds_reused") for r in v_star)  # every generator iteration came from rest-em's
+    assert not any(r.get("seconds_reused") for r in read_jsonl(outs["off"] / "v-star" / "metrics.jsonl"))
+    assert "reused" in (outs["auto"].parent / "comparison.md").read_text()
+
+
+def test_a_stored_call_stopped_by_its_callback_replays_the_stop_and_continues_where_it_was_not(
+        tiny_model_dir, tmp_path):
+    """A sampling call stopped after its first batch (the budget) is stored unfinished. The same call stopped
+    at the same batch replays the stop; one not stopped goes on from the stored random state and gives the
+    generations, and leaves the random state, of one uninterrupted call."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from star_lite import reuse
+    from star_lite.config import from_dict
+    from star_lite.sampling import generator
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path / "run"))
+    prompts = ["Q: 1 + 2\nA:", "Q: 33 + 4\nA:", "Q: 5 + 16\nA: so", "Q: 7\nA:", "Q: 8 + 9 + 10\nA:"]
+    kwargs = dict(batch_size=2, max_new_tokens=6, temperature=1.0, top_p=1.0, stop_strings=["\n\n"])
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(idx, batch):
+        raise Stop
+
+    torch.manual_seed(1)
+    whole = generator(cfg)(model, tok, prompts, **kwargs)  # no store: the plain computation
+    after = torch.get_rng_state()
+    with reuse.active(tmp_path / "store"):
+        for attempt in range(2):  # stored unfinished, then replayed: stopped at the same batch both times
+            torch.manual_seed(1)
+            seen = []
+            with pytest.raises(Stop):
+                generator(cfg)(model, tok, prompts, on_batch=lambda i, b: (seen.append(list(i)), stop_after_first(i, b)),
+                               **kwargs)
+            assert len(seen) == 1
+        assert "seconds_reused" in reuse.take()  # the replay counted what the stored batch cost
+        torch.manual_seed(1)
+        batches = []
+        again = generator(cfg)(model, tok, prompts, on_batch=lambda i, b: batches.append(list(i)), **kwargs)
+        assert again == whole and torch.equal(torch.get_rng_state(), after)
+        assert sorted(i for b in batches for i in b) == list(range(len(prompts)))  # every batch reached the callback
+        torch.manual_seed(1)
+        assert generator(cfg)(model, tok, prompts, **kwargs) == whole  # now stored whole
+        assert torch.equal(torch.get_rng_state(), after)
+        torch.manual_seed(2)  # another draw is another key
+        assert generator(cfg)(model, tok, prompts, **kwargs) != whole
+    assert len(list((tmp_path / "store").glob("*.pt"))) == 2
