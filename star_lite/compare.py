@@ -583,26 +583,31 @@ def run_job(cfg: Config, seed: int, method: str) -> None:
 
 def reuse_sources(cfg: Config, method: str) -> list[str]:
     """The methods whose work ``method`` computes alike in this config, so that under compare.reuse it waits
-    for them in a pool (its own steps then come from the store): v-star's generator and dpo's first iteration
-    sample as rest-em does when they draw as many rationales per problem at the same temperature. Only an
+    for them in a pool (its own calls then find their results in the store): v-star's generator and dpo's
+    first iteration sample as rest-em does when they draw as many rationales per problem at the same
+    temperature; star's first rationales are star-no-rationalization's (greedy, one per problem). Only an
     order: what is reused is decided by reuse.py's keys, call by call."""
     from .methods import method_config
 
-    if not reuse.enabled(cfg) or "rest-em" not in cfg.compare.methods or method not in ("v-star", "dpo") \
-            or tune_points(cfg, "rest-em") != [{}] or tune_points(cfg, method) != [{}]:
+    def draws(name: str) -> tuple[int, float]:
+        c = method_config(cfg, name)
+        return (c.dpo.samples_per_problem, c.dpo.temperature) if name == "dpo" else \
+            (c.star.samples_per_problem, c.sampling.temperature)
+
+    sources = {"v-star": "rest-em", "dpo": "rest-em", "star": "star-no-rationalization"}
+    source = sources.get(method)
+    if (not reuse.enabled(cfg) or source not in cfg.compare.methods or tune_points(cfg, source) != [{}]
+            or tune_points(cfg, method) != [{}]):
         return []
-    rest_em = method_config(cfg, "rest-em")
-    mine = method_config(cfg, method)
-    draws = ((mine.star.samples_per_problem, mine.sampling.temperature) if method == "v-star"
-             else (mine.dpo.samples_per_problem, mine.dpo.temperature))
-    return ["rest-em"] if draws == (rest_em.star.samples_per_problem, rest_em.sampling.temperature) else []
+    return [source] if draws(method) == draws(source) else []
 
 
 def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str], list[tuple[int, str]]]:
     """What each job waits for in a pool: the job that evaluates the few-shot base, the shortest method's
     (every other job copies its iteration 0: one per comparison, or one per seed with compare.resample_split),
-    for grpo, star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``), and for v-star and dpo
-    under compare.reuse, rest-em of its seed (``reuse_sources``)."""
+    for grpo, star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``), and under
+    compare.reuse the run whose work a method computes alike (``reuse_sources``: rest-em for v-star and dpo,
+    star-no-rationalization for star)."""
     from .methods import method_config
 
     untuned = [m for m in cfg.compare.methods if tune_points(cfg, m) == [{}]]

@@ -5,8 +5,9 @@ three processes on two cores slow each other (docs/comparison.md, "Seeds side by
 many workers as cores, each taking the longest job still waiting whose inputs are ready, keeps every
 core busy to the end. Two jobs wait for another: every method waits for the job that evaluates the
 few-shot base, few-shot's or else the shortest method's (its iteration 0 is copied, not computed again),
-and grpo waits for star-no-rationalization of its seed (its SFT start is copied from that run's first
-iteration).
+grpo waits for star-no-rationalization of its seed (its SFT start is copied from that run's first
+iteration), and under compare.reuse v-star and dpo wait for rest-em and star for star-no-rationalization
+of their seed (reuse.py hands them the work those runs computed alike).
 
 >>> jobs = [(0, "few-shot"), (0, "star"), (0, "v-star"), (1, "star")]
 >>> order = []

@@ -105,3 +105,33 @@ def test_a_stored_call_stopped_by_its_callback_replays_the_stop_and_continues_wh
         torch.manual_seed(2)  # another draw is another key
         assert generator(cfg)(model, tok, prompts, **kwargs) != whole
     assert len(list((tmp_path / "store").glob("*.pt"))) == 2
+
+
+def test_in_a_pool_each_method_waits_for_the_run_whose_work_it_reuses(tmp_path):
+    """compare_reasoning's methods under compare.reuse: v-star and dpo after rest-em, star after
+    star-no-rationalization, no job waiting on one that waits on it; nothing extra where reuse is off, a method
+    draws otherwise than its source, or the base is 4-bit."""
+    import concurrent.futures as cf
+
+    from star_lite.compare import job_needs
+    from star_lite.config import load_config
+    from star_lite.workers import run_jobs
+
+    path = Path(__file__).parents[1] / "configs" / "compare_reasoning.yaml"
+    cfg = load_config(path, overrides=[f"compare.output_dir={tmp_path}"])
+    jobs = [(s, m) for s in cfg.compare.seeds for m in cfg.compare.methods]
+    needs = job_needs(cfg, jobs)
+    for seed in cfg.compare.seeds:
+        assert (seed, "rest-em") in needs[(seed, "v-star")] and (seed, "rest-em") in needs[(seed, "dpo")]
+        assert (seed, "star-no-rationalization") in needs[(seed, "star")]
+    done = []
+    with cf.ThreadPoolExecutor(2) as pool:
+        run_jobs(jobs, needs, lambda j: 1, 2, lambda j: pool.submit(done.append, j))
+    assert sorted(done) == sorted(jobs)
+    for overrides, star_waits in ((["compare.reuse=off"], False),
+                                  (["v_star.temperature=1.0", "dpo.samples_per_problem=2"], True),
+                                  (["model.load_in_4bit=true"], False)):
+        other = load_config(path, overrides=[f"compare.output_dir={tmp_path}", *overrides])
+        needs = job_needs(other, jobs)
+        assert (0, "rest-em") not in needs[(0, "v-star")] and (0, "rest-em") not in needs[(0, "dpo")], overrides
+        assert ((0, "star-no-rationalization") in needs[(0, "star")]) == star_waits, overrides
