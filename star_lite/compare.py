@@ -605,9 +605,8 @@ def reuse_sources(cfg: Config, method: str) -> list[str]:
 def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str], list[tuple[int, str]]]:
     """What each job waits for in a pool: the job that evaluates the few-shot base, the shortest method's
     (every other job copies its iteration 0: one per comparison, or one per seed with compare.resample_split),
-    for grpo, star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``), and under
-    compare.reuse the run whose work a method computes alike (``reuse_sources``: rest-em for v-star and dpo,
-    star-no-rationalization for star)."""
+    and for grpo, star-no-rationalization of its seed (grpo's SFT start, ``share_sft_start``). What a job
+    only starts after is ``job_after``."""
     from .methods import method_config
 
     untuned = [m for m in cfg.compare.methods if tune_points(cfg, m) == [{}]]
@@ -624,9 +623,15 @@ def job_needs(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str],
         mine = [source] if first is not None and (seed, method) != source else []
         if method == "grpo" and sft_start:
             mine.append((seed, "star-no-rationalization"))
-        mine += [(seed, other) for other in reuse_sources(cfg, method)]
         needs[(seed, method)] = mine
     return needs
+
+
+def job_after(cfg: Config, jobs: list[tuple[int, str]]) -> dict[tuple[int, str], list[tuple[int, str]]]:
+    """What each job starts after in a pool, finished or failed: under compare.reuse the runs whose work it
+    computes alike (``reuse_sources``), so that their results are in the store when it asks. An order, not an
+    input: where a source failed the job computes that work itself."""
+    return {(seed, method): [(seed, other) for other in reuse_sources(cfg, method)] for seed, method in jobs}
 
 
 def _worker_start() -> None:  # each worker process: no progress bars (two would garble one terminal)
@@ -667,7 +672,7 @@ def run_pool(cfg: Config, jobs: list[tuple[int, str]], workers: int, why: str) -
 
             try:
                 workers_lib.run_jobs(jobs, job_needs(cfg, jobs), workers_lib.job_cost, workers, start, log=report,
-                                     name=lambda job: f"seed {job[0]}, {job[1]}")
+                                     name=lambda job: f"seed {job[0]}, {job[1]}", after=job_after(cfg, jobs))
             except KeyboardInterrupt:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise

@@ -38,10 +38,12 @@ def active(directory: str | Path | None) -> Iterator[None]:
     """While inside, generation and SFT calls look their results up in ``directory`` (None: no reuse)."""
     before = list(_store)
     _store[:] = [Path(directory)] if directory is not None else []
+    _reused[0] = 0.0  # seconds a stage that wrote no row left behind belong to no later method
     try:
         yield
     finally:
         _store[:] = before
+        _reused[0] = 0.0
 
 
 def enabled(cfg) -> bool:
@@ -75,6 +77,22 @@ def take() -> dict[str, float]:
 
 # --- keys ---------------------------------------------------------------------------------------------------
 
+def canonical(value: Any) -> Any:
+    """``value`` with every set sorted, so it prints the same in every process (a set's order follows the
+    process's string hash seed, and pool workers each have their own: peft keeps target_modules as a set).
+
+    >>> canonical({"b": {"v", "q"}, "a": (1, frozenset({3, 2}))})
+    {'a': [1, [2, 3]], 'b': ['q', 'v']}
+    """
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (set, frozenset)):
+        return sorted((canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True, default=str))
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
 def _update(h, value: Any) -> None:
     if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
         for v in value:
@@ -84,17 +102,26 @@ def _update(h, value: Any) -> None:
         h.update(f"{t.dtype}{tuple(value.shape)}".encode())
         h.update(t.view(torch.uint8).cpu().numpy().tobytes() if t.numel() else b"")
     else:
-        h.update(json.dumps(value, sort_keys=True, default=str).encode())
+        h.update(json.dumps(canonical(value), sort_keys=True, default=str).encode())
+
+
+SAMPLED_VALUES = 1024  # of each frozen base parameter, first and last, in a fingerprint
 
 
 def fingerprint(model) -> str:
-    """The identity of a model's adapter weights (every LoRA parameter, by name and value) and its peft
-    configuration; the frozen base is identified by the config (``model`` section) in the key beside it."""
+    """The identity of a model: every LoRA parameter by name and value, its peft configuration, and each other
+    parameter's name, shape, dtype and first and last ``SAMPLED_VALUES`` values (the frozen base: the same
+    checkpoint gives the same values; another one, a fine-tuned variant too, differs in them; hashing all of a
+    large base at every call would cost seconds)."""
     h = hashlib.blake2b(digest_size=20)
     for name, p in model.named_parameters():
+        h.update(name.encode())
         if "lora_" in name:
-            h.update(name.encode())
             _update(h, p)
+        else:
+            flat = p.detach().reshape(-1)
+            _update(h, [flat[:SAMPLED_VALUES], flat[-SAMPLED_VALUES:]])
+            h.update(f"{p.dtype}{tuple(p.shape)}".encode())
     peft_config = getattr(model, "peft_config", None)
     if peft_config:  # inference_mode: how peft loaded it (a trained adapter is not), not what it computes
         _update(h, {k: {f: x for f, x in v.to_dict().items() if f != "inference_mode"} if hasattr(v, "to_dict")
@@ -103,10 +130,30 @@ def fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def _environment() -> dict[str, Any]:
-    import transformers
+CODE = ("sampling/hf.py", "sampling/prefix_decode.py", "sampling/__init__.py", "fastpaths.py", "models.py",
+        "training.py", "trainers/sft.py", "trainers/args.py", "reuse.py")  # what computes a stored result
+_code_digest: list[str] = []
 
-    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+def _environment() -> dict[str, Any]:
+    """What a result depends on outside its call: the thread count (a matmul's summation order), the
+    libraries, star_lite's own computing code, and the hardware's kernels."""
+    from importlib import metadata
+
+    if not _code_digest:
+        h = hashlib.blake2b(digest_size=20)
+        for name in CODE:
+            h.update((Path(__file__).parent / name).read_bytes())
+        _code_digest.append(h.hexdigest())
+    versions = {}
+    for package in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"threads": torch.get_num_threads(), "versions": versions, "code": _code_digest[0],
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def _key(kind: str, *parts: Any) -> str:
@@ -125,13 +172,19 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
+    """Set the random generators ``state`` holds (a generation's: torch's alone, all it draws from)."""
     import numpy as np
 
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    if "python" in state:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+
+
+def _torch_rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _save(path: Path, entry: dict[str, Any]) -> None:
@@ -158,7 +211,7 @@ def generation_key(model, prompts: Sequence[str], settings: dict[str, Any], kwar
             if k not in ("desc", "on_batch", "prompt_ids")}
     ids = kwargs.get("prompt_ids")
     sampled = (kwargs.get("temperature") or 0.0) > 0
-    state = _rng_state() if sampled else {"torch": None, "cuda": None}
+    state = _torch_rng_state() if sampled else {"torch": None, "cuda": None}
     return _key("generate", fingerprint(model), settings, list(prompts),
                 [list(r) for r in ids] if ids is not None else None, args, _environment(),
                 state["torch"], state["cuda"])
@@ -167,10 +220,12 @@ def generation_key(model, prompts: Sequence[str], settings: dict[str, Any], kwar
 def memoized_generate(generate, settings: dict[str, Any]):
     """``generate`` (a backend's, one process) looked up in the active store first.
 
-    A stored call is replayed batch by batch: each batch's generations go to ``on_batch`` with the random
-    generators set as they were after that batch, so a callback that stops the call (the budget) stops it
-    where the computation stopped. A call stored unfinished (stopped by its callback) and replayed to its end
-    without being stopped goes on computing from the next batch, from the stored state."""
+    A stored call is replayed batch by batch: each batch's generations go to ``on_batch`` with torch's random
+    generator set as it was after that batch (generation draws from no other), so a callback that stops the
+    call (the budget) stops it where the computation stopped; the seconds charged are the stored call's up to
+    there. A call stored unfinished (stopped by its callback) and replayed to its end without being stopped
+    goes on computing from the next batch, from the stored state; an unfinished entry never replaces a
+    finished or longer one."""
     import functools
 
     from .sampling.base import Generation
@@ -185,36 +240,42 @@ def memoized_generate(generate, settings: dict[str, Any]):
         on_batch = kwargs.pop("on_batch", None)
         n = len(kwargs["prompt_ids"]) if kwargs.get("prompt_ids") is not None else len(prompts)
         results: list[Any] = [None] * n
+        # batches: (prompt indices, generations, random state after it, seconds of the call up to its end)
         record: dict[str, Any] = {"batches": [], "complete": False, "seconds": 0.0}
         done = 0
         if entry is not None:
             record = entry
-            _reused[0] += entry["seconds"]  # before the replay: its callback may stop the call
-            for idx, rows, state in entry["batches"]:
+            spent = 0.0
+            for idx, rows, state, seconds in entry["batches"]:
                 batch = [Generation(text, num, tuple(ids)) for text, num, ids in rows]
                 for i, g in zip(idx, batch):
                     results[i] = g
                 done += len(idx)
                 if sampled:
                     _set_rng_state(state)
+                _reused[0] += seconds - spent  # before the callback, which may stop the call here
+                spent = seconds
                 if on_batch is not None:
                     on_batch(idx, batch)  # may stop the call, as it stopped the stored one
             if entry["complete"]:
+                _reused[0] += entry["seconds"] - spent
                 return results
         t0 = time.perf_counter()
         seconds_before = record["seconds"]
 
         def keep(idx, batch):
-            record["batches"].append((list(idx), [(g.text, g.num_tokens, list(g.token_ids)) for g in batch],
-                                      _rng_state() if sampled else None))
             record["seconds"] = seconds_before + time.perf_counter() - t0
+            record["batches"].append((list(idx), [(g.text, g.num_tokens, list(g.token_ids)) for g in batch],
+                                      _torch_rng_state() if sampled else None, record["seconds"]))
             for i, g in zip(idx, batch):
                 results[i] = g
             if on_batch is not None:
                 try:
                     on_batch(idx, batch)
                 except BaseException:
-                    _save(path, record)  # what was drawn up to the stop, for a caller stopped at the same point
+                    stored = _load(path) if path.exists() else None
+                    if not (stored and (stored["complete"] or len(stored["batches"]) >= len(record["batches"]))):
+                        _save(path, record)  # what was drawn up to the stop, for a caller stopped at the same point
                     raise
 
         generate(model, tokenizer, prompts, on_batch=keep, first=done, **kwargs)
@@ -251,12 +312,27 @@ def _adapter_digest(directory: Path) -> str | None:
     return h.hexdigest() if files else None
 
 
+def _reloads_exactly(model, adapter: Path) -> bool:
+    """Whether the saved adapter file holds the in-memory adapter's weights bit for bit (float32 on a float32
+    base: then the store keeps no copy of them)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    files = list(adapter.glob("*.safetensors"))
+    if len(files) != 1:
+        return False
+    saved, memory = load_file(str(files[0])), get_peft_model_state_dict(model)
+    return saved.keys() == memory.keys() and all(
+        saved[k].dtype == memory[k].dtype and torch.equal(saved[k], memory[k].detach().cpu()) for k in saved)
+
+
 def memoized_sft(train_adapter):
     """``train_adapter`` looked up in the active store first. The store keeps where the first run saved its
-    adapter and the adapter's digest (no second copy); a later run with the same key copies that adapter to
-    ``out_dir/adapter`` and loads it on ``base``, gets the stored TrainResult, and finds the random generators
-    as training left them; the adapter's weights are set to the trained ones in memory, which the store keeps
-    as well. An adapter since removed or changed (its run redone) is a miss."""
+    adapter and the adapter's digest (no second copy where the file holds the weights exactly); a later run
+    with the same key copies that adapter to ``out_dir/adapter`` and loads it on ``base``, gets the stored
+    TrainResult, and finds the random generators
+    as training left them; where the saved file rounds the adapter's weights, the store keeps them as they were
+    in memory and sets them. An adapter since removed or changed (its run redone) is a miss."""
     import dataclasses
     import functools
 
@@ -280,21 +356,23 @@ def memoized_sft(train_adapter):
             shutil.rmtree(out_dir / "adapter", ignore_errors=True)
             os.replace(tmp, out_dir / "adapter")
             model = load_adapter(base, out_dir / "adapter")
-            # the trained weights as they were in memory (the saved file may round them, e.g. to bfloat16)
+            # the trained weights as they were in memory, where the saved file rounds them (e.g. to bfloat16)
             params = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, (value, grad) in entry["weights"].items():
-                    params[name].data = value.clone()
-                    params[name].requires_grad_(grad)
+            for name, grad in entry["requires_grad"].items():
+                if entry["weights"] is not None:
+                    params[name].data = entry["weights"][name].clone()
+                params[name].requires_grad_(grad)
             _set_rng_state(entry["rng"])
             _reused[0] += entry["seconds"]
             return model, TrainResult(**entry["result"])
         t0 = time.perf_counter()
         model, result = train_adapter(base, tokenizer, examples, cfg, steps, out_dir, seed=seed)
         adapter = (out_dir / "adapter").resolve()
-        weights = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters() if "lora_" in n}
+        lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
         _save(path, {"adapter": str(adapter), "digest": _adapter_digest(adapter), "result": dataclasses.asdict(result),
-                     "rng": _rng_state(), "weights": weights, "seconds": time.perf_counter() - t0})
+                     "rng": _rng_state(), "requires_grad": {n: p.requires_grad for n, p in lora.items()},
+                     "weights": None if _reloads_exactly(model, adapter) else {n: p.detach().clone() for n, p in lora.items()},
+                     "seconds": time.perf_counter() - t0})
         return model, result
 
     return run

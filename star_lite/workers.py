@@ -6,8 +6,9 @@ many workers as cores, each taking the longest job still waiting whose inputs ar
 core busy to the end. Two jobs wait for another: every method waits for the job that evaluates the
 few-shot base, few-shot's or else the shortest method's (its iteration 0 is copied, not computed again),
 grpo waits for star-no-rationalization of its seed (its SFT start is copied from that run's first
-iteration), and under compare.reuse v-star and dpo wait for rest-em and star for star-no-rationalization
-of their seed (reuse.py hands them the work those runs computed alike).
+iteration). Under compare.reuse v-star and dpo also start after rest-em and star after
+star-no-rationalization of their seed, finished or failed (reuse.py hands them the work those runs computed
+alike; without it they compute it themselves).
 
 >>> jobs = [(0, "few-shot"), (0, "star"), (0, "v-star"), (1, "star")]
 >>> order = []
@@ -25,10 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Hashable
 
 # seconds per seed of each built-in method's job on one core (configs/compare_reasoning.yaml, docs/comparison.md
-# "Time by phase"; grpo without its shared SFT start, v-star and dpo without what they reuse from rest-em under
-# compare.reuse): only the order matters, longest first
+# "Time by phase"; grpo without its shared SFT start): only the order matters, longest first
 METHOD_COST = {"few-shot": 37, "sft-direct": 267, "star": 544, "star-no-rationalization": 516, "rest-em": 365,
-               "self-motivated": 592, "grpo": 351, "dpo": 220, "v-star": 680, "adastar": 350}
+               "self-motivated": 592, "grpo": 351, "dpo": 347, "v-star": 1021, "adastar": 350}
 MEMORY_PER_WORKER_GB = 6  # a compare_reasoning method's peak resident memory was 5.8 GB
 
 
@@ -88,14 +88,16 @@ def choose_workers(setting: int, jobs: int, device: str) -> tuple[int, str]:
 
 def run_jobs(jobs: list[Hashable], needs: dict[Any, list[Any]], cost: Callable[[Any], float], workers: int,
              start: Callable[[Any], Any], log: Callable[[str], None] = lambda _: None,
-             name: Callable[[Any], str] = str) -> dict[Any, float]:
+             name: Callable[[Any], str] = str, after: dict[Any, list[Any]] | None = None) -> dict[Any, float]:
     """Run ``jobs`` on ``workers`` slots: whenever a slot is free, the ready job (every job in ``needs[job]``
     done) with the longest ``cost`` plus the longest chain of jobs waiting on it. ``start(job)`` returns a
     ``concurrent.futures.Future`` (or runs the job and returns None: one slot, in this process). A failed
     job does not stop the others; the jobs that need it are skipped, and a ``JobsFailed`` naming each is
-    raised at the end. Returns each finished job's wall seconds."""
+    raised at the end. ``after``: jobs a job starts after, finished or failed (an order, not an input: it can
+    do without them). Returns each finished job's wall seconds."""
     needs = {j: [n for n in needs.get(j, []) if n in jobs] for j in jobs}
-    waiting_on: dict[Any, list[Any]] = {j: [k for k in jobs if j in needs[k]] for j in jobs}
+    after = {j: [n for n in (after or {}).get(j, []) if n in jobs and n not in needs[j]] for j in jobs}
+    waiting_on: dict[Any, list[Any]] = {j: [k for k in jobs if j in needs[k] or j in after[k]] for j in jobs}
     chain: dict[Any, float] = {}
 
     def chain_cost(j) -> float:  # cost of j and of the longest chain of jobs that wait for it
@@ -111,7 +113,8 @@ def run_jobs(jobs: list[Hashable], needs: dict[Any, list[Any]], cost: Callable[[
             for j in skipped:
                 pending.remove(j)
                 failed[j] = f"not run: {', '.join(name(n) for n in needs[j] if n in failed)} failed"
-        ready = [j for j in pending if all(n in done for n in needs[j])]
+        ready = [j for j in pending if all(n in done for n in needs[j])
+                 and all(n in done or n in failed for n in after[j])]
         while ready and len(running) < workers:
             job = max(ready, key=lambda j: (chain_cost(j), -jobs.index(j)))
             ready.remove(job)
@@ -128,7 +131,8 @@ def run_jobs(jobs: list[Hashable], needs: dict[Any, list[Any]], cost: Callable[[
             running[future] = (job, t0)
         if not running:  # nothing runs and nothing is ready: what is left waits on itself
             for j in pending:
-                failed[j] = "not run: waits for " + ", ".join(name(n) for n in needs[j] if n not in done)
+                failed[j] = "not run: waits for " + ", ".join(name(n) for n in needs[j] + after[j]
+                                                              if n not in done and n not in failed)
             break
         finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
         for future in finished:

@@ -107,31 +107,69 @@ def test_a_stored_call_stopped_by_its_callback_replays_the_stop_and_continues_wh
     assert len(list((tmp_path / "store").glob("*.pt"))) == 2
 
 
-def test_in_a_pool_each_method_waits_for_the_run_whose_work_it_reuses(tmp_path):
-    """compare_reasoning's methods under compare.reuse: v-star and dpo after rest-em, star after
-    star-no-rationalization, no job waiting on one that waits on it; nothing extra where reuse is off, a method
-    draws otherwise than its source, or the base is 4-bit."""
+def test_in_a_pool_each_method_starts_after_the_run_whose_work_it_reuses(tmp_path):
+    """compare_reasoning's methods under compare.reuse: v-star and dpo start after rest-em, star after
+    star-no-rationalization, and all jobs run; a failed source does not skip them (they can compute the work
+    themselves); nothing extra where reuse is off, a method draws otherwise than its source, or the base is
+    4-bit."""
     import concurrent.futures as cf
+    import time
 
-    from star_lite.compare import job_needs
+    from star_lite.compare import job_after, job_needs
     from star_lite.config import load_config
-    from star_lite.workers import run_jobs
+    from star_lite.workers import JobsFailed, run_jobs
 
     path = Path(__file__).parents[1] / "configs" / "compare_reasoning.yaml"
     cfg = load_config(path, overrides=[f"compare.output_dir={tmp_path}"])
     jobs = [(s, m) for s in cfg.compare.seeds for m in cfg.compare.methods]
-    needs = job_needs(cfg, jobs)
+    needs, after = job_needs(cfg, jobs), job_after(cfg, jobs)
     for seed in cfg.compare.seeds:
-        assert (seed, "rest-em") in needs[(seed, "v-star")] and (seed, "rest-em") in needs[(seed, "dpo")]
-        assert (seed, "star-no-rationalization") in needs[(seed, "star")]
-    done = []
+        assert after[(seed, "v-star")] == after[(seed, "dpo")] == [(seed, "rest-em")]
+        assert after[(seed, "star")] == [(seed, "star-no-rationalization")]
+    spans = {}
+
+    def work(job):
+        spans[job] = [time.monotonic(), None]
+        if job == (1, "rest-em"):
+            raise ValueError("broken on purpose")
+        time.sleep(0.01)
+        spans[job][1] = time.monotonic()
+
     with cf.ThreadPoolExecutor(2) as pool:
-        run_jobs(jobs, needs, lambda j: 1, 2, lambda j: pool.submit(done.append, j))
-    assert sorted(done) == sorted(jobs)
+        with pytest.raises(JobsFailed) as e:
+            run_jobs(jobs, needs, lambda j: 1, 2, lambda j: pool.submit(work, j), after=after)
+    assert list(e.value.failed) == [str((1, "rest-em"))]  # only the source itself
+    assert set(spans) == set(jobs)  # everything else ran, v-star and dpo of seed 1 too
+    for job, sources in after.items():
+        for source in sources:
+            assert (spans[source][1] or spans[source][0]) <= spans[job][0], (source, job)
     for overrides, star_waits in ((["compare.reuse=off"], False),
                                   (["v_star.temperature=1.0", "dpo.samples_per_problem=2"], True),
                                   (["model.load_in_4bit=true"], False)):
         other = load_config(path, overrides=[f"compare.output_dir={tmp_path}", *overrides])
-        needs = job_needs(other, jobs)
-        assert (0, "rest-em") not in needs[(0, "v-star")] and (0, "rest-em") not in needs[(0, "dpo")], overrides
-        assert ((0, "star-no-rationalization") in needs[(0, "star")]) == star_waits, overrides
+        after = job_after(other, jobs)
+        assert not after[(0, "v-star")] and not after[(0, "dpo")], overrides
+        assert bool(after[(0, "star")]) == star_waits, overrides
+
+
+def test_a_model_has_one_fingerprint_in_every_process(tmp_path):
+    """Pool workers are spawned, each with its own string hash seed, which orders a set (peft's
+    target_modules): an adapter's fingerprint must not follow it, or nothing reuses across workers."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "from peft import LoraConfig, get_peft_model\n"
+        "from star_lite.reuse import fingerprint\n"
+        "torch.manual_seed(0)\n"
+        "m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,"
+        " num_attention_heads=2))\n"
+        "m = get_peft_model(m, LoraConfig(r=2, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'up_proj']))\n"
+        "print(fingerprint(m))\n")
+    prints = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip().splitlines()[-1]
+              for seed in ("1", "2", "3")}
+    assert len(prints) == 1, prints
