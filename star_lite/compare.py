@@ -47,7 +47,7 @@ AXES = {  # x of each comparison plot: column -> (axis label, file name)
     "iteration": ("iteration (0 = few-shot base model)", "accuracy_by_iteration.png"),
     "cumulative_generated_tokens": ("generated tokens (training data and RL rollouts)", "accuracy_by_tokens.png"),
     "cumulative_cost_tokens": ("all tokens: generated + trained on (forward and backward)", "accuracy_by_cost.png"),
-    "cumulative_seconds": ("wall seconds", "accuracy_by_seconds.png"),
+    "cumulative_seconds": ("wall seconds (reused work included)", "accuracy_by_seconds.png"),
 }
 
 
@@ -329,9 +329,11 @@ def summary_markdown(cfg: Config, summary: dict[str, Any], rows: list[dict[str, 
              "## Accuracy of each method's last stage", "",
              "Pooled: all seeds' answers together, with a 95% Wilson interval. Cost: tokens generated "
              "(training data, RL rollouts) plus tokens trained on, mean over seeds; evaluation excluded. "
-             "Generated / budget: the most any seed generated, against run.budget_tokens.", "",
+             "Generated / budget: the most any seed generated, against run.budget_tokens. Seconds: mean over "
+             "seeds of the method's wall seconds plus those of work another method had computed alike and "
+             "handed over (compare.reuse): what its computation cost.", "",
              "| method | stage | " + " | ".join(f"seed {s}" for s in seeds)
-             + " | mean ± sd | pooled [95% CI] | cost tokens | generated / budget | wall s |",
+             + " | mean ± sd | pooled [95% CI] | cost tokens | generated / budget | seconds |",
              "| --- | --- | " + "---: | " * len(seeds) + "---: | ---: | ---: | ---: | ---: |"]
     for method, e in summary["methods"].items():
         per_seed = " | ".join(_fmt(e["by_seed"].get(s)) for s in seeds)
