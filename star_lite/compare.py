@@ -164,9 +164,9 @@ def time_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Time by phase", "",
              "Wall seconds per method and seed, mean over seeds, from each stage's own timers; other: loading, "
              "saving and the rest. Processes run side by side share the cores, so their seconds run slower."
-             + (" Reused: seconds of work another method of the seed had already computed alike (compare.reuse), "
-                "handed over instead of run again; counted in the method's cost, not in its total here." if reused
-                else ""), "",
+             + (" Reused: seconds of work another run of the comparison (another method, or another seed) had "
+                "already computed alike (compare.reuse), handed over instead of run again; counted in the "
+                "method's cost, not in its total here." if reused else ""), "",
              "| method | " + " | ".join(PHASES[k] for k in shown) + " | other | total |" + (" reused |" if reused else ""),
              "| --- |" + " ---: |" * (len(shown) + 2 + reused)]
     total = saved = 0.0
@@ -330,7 +330,7 @@ def summary_markdown(cfg: Config, summary: dict[str, Any], rows: list[dict[str, 
              "Pooled: all seeds' answers together, with a 95% Wilson interval. Cost: tokens generated "
              "(training data, RL rollouts) plus tokens trained on, mean over seeds; evaluation excluded. "
              "Generated / budget: the most any seed generated, against run.budget_tokens. Seconds: mean over "
-             "seeds of the method's wall seconds plus those of work another method had computed alike and "
+             "seeds of the method's wall seconds plus those of work another run had computed alike and "
              "handed over (compare.reuse): what its computation cost.", "",
              "| method | stage | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean ± sd | pooled [95% CI] | cost tokens | generated / budget | seconds |",

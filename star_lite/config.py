@@ -305,8 +305,9 @@ class CompareConfig:
     workers: int = at_least(0, 0)
     # work two methods compute alike (the same weights, prompts or examples, settings and random state:
     # rest-em's iterations are v-star's generator, dpo's first SFT is rest-em's) computed once and handed to the
-    # other, bit for bit (star_lite/reuse.py). auto: on, except under accelerate launch, with the vLLM backend
-    # or a run.budget_seconds (a reused result costs no seconds). off: every method computes all its own work
+    # other, bit for bit (star_lite/reuse.py). auto: on, except under accelerate launch, with the vLLM backend,
+    # a run.budget_seconds (a reused result costs no seconds) or a 4-bit base (model.load_in_4bit, the default:
+    # a quantized base does not come out of SFT as it went in). off: every method computes all its own work
     reuse: str = one_of("auto", "off")
 
 

@@ -8,11 +8,16 @@ thread count and, for sampling at a temperature, the random generator's state as
 ``active``, each call's inputs are hashed into a key; a call whose key this comparison has already
 computed gets the stored outputs and leaves the random generators where the computation left them, so
 the method goes on exactly as if it had computed them (tests/test_reuse.py checks the tokens, samples and
-adapters are identical). A key never matches across different weights, prompts, settings or draws, so a
-wrong match cannot happen by design; a missed one only costs the time it always cost.
+adapters are identical). The key holds every adapter weight, the prompts or examples, the settings, the
+draw's random state, the thread count, the libraries and star_lite's computing code; the frozen base is
+held by its config (``model``: the checkpoint's name and how it is loaded, its tokenizer with it) and the
+first and last 1,024 values of each of its parameters, not all of them (hashing a large base at every call
+would cost seconds). A key that differs in any of these is computed; a missed reuse only costs the time it
+always cost. Work is reused across seeds too where it is the same (the base's greedy rationales for the
+training problems, which every seed shares).
 
 The seconds a stored result took are counted as the method's cost (``seconds_reused`` in its metrics
-row; the comparison's cost axis adds them), not as time this process spent ("Time by phase").
+row; the comparison's seconds column and axis add them), not as time this process spent ("Time by phase").
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 
 _store: list[Path] = []  # the active store's directory (compare.output_dir/.reuse), or none
 _reused = [0.0]  # seconds of stored work handed out since the last ``take``
+hits = {"generate": 0, "sft": 0}  # stored results handed out in this process (tests read it)
 
 
 @contextlib.contextmanager
@@ -49,8 +55,8 @@ def active(directory: str | Path | None) -> Iterator[None]:
 def enabled(cfg) -> bool:
     """Whether a comparison's methods reuse each other's identical work (``compare.reuse``): ``auto`` on one
     process with the hf backend, an unquantized base and no wall-seconds budget. A seconds budget: a reused
-    result costs no seconds, so it would buy more work than it measures. A 4-bit base: TRL's SFTTrainer leaves
-    its mark on a quantized base model (measured: a DPO adapter trained after a reused SFT differed from one
+    result costs no seconds, so it would buy more work than it measures. A 4-bit base: it does not come out of
+    SFT as it went in (measured on the tiny model: a DPO adapter trained after a reused SFT differed from one
     trained after the SFT itself), so a method would not go on exactly as it does on its own.
 
     >>> from star_lite.config import from_dict
@@ -132,7 +138,7 @@ def fingerprint(model) -> str:
 
 CODE = ("sampling/hf.py", "sampling/prefix_decode.py", "sampling/__init__.py", "fastpaths.py", "models.py",
         "training.py", "trainers/sft.py", "trainers/args.py", "reuse.py")  # what computes a stored result
-_code_digest: list[str] = []
+_code_digest: list[dict[str, Any]] = []
 
 
 def _environment() -> dict[str, Any]:
@@ -140,20 +146,20 @@ def _environment() -> dict[str, Any]:
     libraries, star_lite's own computing code, and the hardware's kernels."""
     from importlib import metadata
 
-    if not _code_digest:
+    if not _code_digest:  # once per process
         h = hashlib.blake2b(digest_size=20)
         for name in CODE:
             h.update((Path(__file__).parent / name).read_bytes())
-        _code_digest.append(h.hexdigest())
-    versions = {}
-    for package in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"threads": torch.get_num_threads(), "versions": versions, "code": _code_digest[0],
-            "cpu": torch.backends.cpu.get_cpu_capability(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+        versions = {}
+        for package in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"):
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                versions[package] = None
+        _code_digest.append({"versions": versions, "code": h.hexdigest(),
+                             "cpu": torch.backends.cpu.get_cpu_capability(),
+                             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
+    return {"threads": torch.get_num_threads(), **_code_digest[0]}
 
 
 def _key(kind: str, *parts: Any) -> str:
@@ -259,7 +265,10 @@ def memoized_generate(generate, settings: dict[str, Any]):
                     on_batch(idx, batch)  # may stop the call, as it stopped the stored one
             if entry["complete"]:
                 _reused[0] += entry["seconds"] - spent
+                hits["generate"] += 1
                 return results
+            if entry["batches"]:  # go on at the batch size the stored call had come to (halved on out of memory)
+                kwargs["batch_size"] = len(entry["batches"][-1][0])
         t0 = time.perf_counter()
         seconds_before = record["seconds"]
 
@@ -336,7 +345,7 @@ def memoized_sft(train_adapter):
     import dataclasses
     import functools
 
-    from .models import load_adapter
+    from .models import detach_adapter, load_adapter
     from .training import TrainResult
 
     @functools.wraps(train_adapter)
@@ -353,24 +362,33 @@ def memoized_sft(train_adapter):
             shutil.rmtree(tmp, ignore_errors=True)
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source, tmp)
-            shutil.rmtree(out_dir / "adapter", ignore_errors=True)
-            os.replace(tmp, out_dir / "adapter")
-            model = load_adapter(base, out_dir / "adapter")
-            # the trained weights as they were in memory, where the saved file rounds them (e.g. to bfloat16)
-            params = dict(model.named_parameters())
-            for name, grad in entry["requires_grad"].items():
-                if entry["weights"] is not None:
-                    params[name].data = entry["weights"][name].clone()
-                params[name].requires_grad_(grad)
-            _set_rng_state(entry["rng"])
-            _reused[0] += entry["seconds"]
-            return model, TrainResult(**entry["result"])
+            if _adapter_digest(tmp) == entry["digest"]:  # not rewritten while it was copied
+                shutil.rmtree(out_dir / "adapter", ignore_errors=True)
+                os.replace(tmp, out_dir / "adapter")
+                model = load_adapter(base, out_dir / "adapter")
+                params = dict(model.named_parameters())
+                if set(entry["dtypes"]) <= set(params):
+                    # the trained weights as they were in memory: their dtype, and their values where the saved
+                    # file rounds them (e.g. to bfloat16)
+                    for name, dtype in entry["dtypes"].items():
+                        if entry["weights"] is not None:
+                            params[name].data = entry["weights"][name].clone()
+                        elif str(params[name].dtype) != dtype:
+                            params[name].data = params[name].data.to(getattr(torch, dtype.split(".")[-1]))
+                        params[name].requires_grad_(entry["requires_grad"][name])
+                    _set_rng_state(entry["rng"])
+                    _reused[0] += entry["seconds"]
+                    hits["sft"] += 1
+                    return model, TrainResult(**entry["result"])
+                base = detach_adapter(model)  # another adapter layout: train it here
+            shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.perf_counter()
         model, result = train_adapter(base, tokenizer, examples, cfg, steps, out_dir, seed=seed)
         adapter = (out_dir / "adapter").resolve()
         lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
         _save(path, {"adapter": str(adapter), "digest": _adapter_digest(adapter), "result": dataclasses.asdict(result),
                      "rng": _rng_state(), "requires_grad": {n: p.requires_grad for n, p in lora.items()},
+                     "dtypes": {n: str(p.dtype) for n, p in lora.items()},
                      "weights": None if _reloads_exactly(model, adapter) else {n: p.detach().clone() for n, p in lora.items()},
                      "seconds": time.perf_counter() - t0})
         return model, result

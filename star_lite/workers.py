@@ -100,9 +100,11 @@ def run_jobs(jobs: list[Hashable], needs: dict[Any, list[Any]], cost: Callable[[
     waiting_on: dict[Any, list[Any]] = {j: [k for k in jobs if j in needs[k] or j in after[k]] for j in jobs}
     chain: dict[Any, float] = {}
 
-    def chain_cost(j) -> float:  # cost of j and of the longest chain of jobs that wait for it
+    def chain_cost(j, seen=()) -> float:  # cost of j and of the longest chain of jobs that wait for it
         if j not in chain:
-            chain[j] = cost(j) + max((chain_cost(k) for k in waiting_on[j]), default=0.0)
+            if j in seen:  # jobs waiting on each other: named below, when nothing else can run
+                return 0.0
+            chain[j] = cost(j) + max((chain_cost(k, (*seen, j)) for k in waiting_on[j]), default=0.0)
         return chain[j]
 
     pending, running, done, failed, seconds = list(jobs), {}, set(), {}, {}

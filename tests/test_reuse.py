@@ -29,14 +29,18 @@ def test_v_star_and_dpo_reuse_rest_em_and_compute_what_they_compute_alone(tiny_m
     seed): with reuse they come from the store, and every sample, pair, candidate, adapter and metric of v-star
     and dpo is what they compute with reuse off (the random state after a reused call included: dpo's pairs
     and v-star's candidates are drawn after it)."""
+    from star_lite import reuse as store
     from star_lite.cli import main
 
-    outs = {}
+    outs, hits = {}, {}
     for reuse in ("auto", "off"):
         out = tmp_path / reuse
         # 8 steps: at least one pass over the at most 2 x 16 kept examples, so rest-em trains as many steps as
         # the STaR schedule gives v-star (in the comparison's config too)
-        data = tiny_config_dict(tiny_model_dir, out / "unused", train={"start_steps": 8}, model={"load_in_4bit": False},  # reuse: auto is off on a 4-bit base
+        # threads 1: the thread count is in the key, and auto threads follow other star_lite processes
+        data = tiny_config_dict(tiny_model_dir, out / "unused", train={"start_steps": 8},
+                                model={"load_in_4bit": False},  # reuse: auto is off on a 4-bit base
+                                run={"threads": 1},
                                 rest_em={"samples_per_problem": 2, "temperature": 0.7, "max_kept_per_problem": 10},
                                 dpo={"samples_per_problem": 2, "temperature": 0.7},
                                 v_star={"samples_per_problem": 2, "temperature": 0.7, "k": 2})
@@ -44,7 +48,9 @@ def test_v_star_and_dpo_reuse_rest_em_and_compute_what_they_compute_alone(tiny_m
                            "reference": "rest-em", "reuse": reuse}
         path = tmp_path / f"compare_{reuse}.yaml"
         path.write_text(yaml.safe_dump(data))
+        before = dict(store.hits)
         assert main(["compare", str(path)]) == 0
+        hits[reuse] = {k: store.hits[k] - before[k] for k in before}
         outs[reuse] = out / "seed_0"
     for method in ("rest-em", "dpo", "v-star"):
         on, off = outs["auto"] / method, outs["off"] / method
@@ -57,6 +63,8 @@ def test_v_star_and_dpo_reuse_rest_em_and_compute_what_they_compute_alone(tiny_m
     assert all(r.get("seconds_reused") for r in v_star)  # every generator iteration came from rest-em's
     assert not any(r.get("seconds_reused") for r in read_jsonl(outs["off"] / "v-star" / "metrics.jsonl"))
     assert "reused" in (outs["auto"].parent / "comparison.md").read_text()
+    # SFT too: v-star's two generator iterations and dpo's first; with reuse off, nothing
+    assert hits["auto"]["sft"] >= 3 and hits["auto"]["generate"] >= 4 and hits["off"] == {"generate": 0, "sft": 0}
 
 
 def test_a_stored_call_stopped_by_its_callback_replays_the_stop_and_continues_where_it_was_not(
@@ -131,6 +139,7 @@ def test_in_a_pool_each_method_starts_after_the_run_whose_work_it_reuses(tmp_pat
     def work(job):
         spans[job] = [time.monotonic(), None]
         if job == (1, "rest-em"):
+            spans[job][1] = time.monotonic()
             raise ValueError("broken on purpose")
         time.sleep(0.01)
         spans[job][1] = time.monotonic()
@@ -142,7 +151,7 @@ def test_in_a_pool_each_method_starts_after_the_run_whose_work_it_reuses(tmp_pat
     assert set(spans) == set(jobs)  # everything else ran, v-star and dpo of seed 1 too
     for job, sources in after.items():
         for source in sources:
-            assert (spans[source][1] or spans[source][0]) <= spans[job][0], (source, job)
+            assert spans[source][1] <= spans[job][0], (source, job)
     for overrides, star_waits in ((["compare.reuse=off"], False),
                                   (["v_star.temperature=1.0", "dpo.samples_per_problem=2"], True),
                                   (["model.load_in_4bit=true"], False)):
@@ -173,3 +182,48 @@ def test_a_model_has_one_fingerprint_in_every_process(tmp_path):
                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip().splitlines()[-1]
               for seed in ("1", "2", "3")}
     assert len(prints) == 1, prints
+
+
+def test_a_reused_sft_sets_the_weights_and_dtypes_training_left_in_memory(tiny_model_dir, tmp_path, monkeypatch):
+    """Where the saved adapter file rounds the trained weights (kept in the store then), or loads them in
+    another dtype, a reused SFT still hands over the adapter as training left it in memory, with the
+    random state after training; a run on other examples is not reused."""
+    from star_lite import reuse
+    from star_lite.config import from_dict
+    from star_lite.models import detach_adapter, load_base_model, load_tokenizer
+    from star_lite.trainers.sft import train_adapter
+
+    cfg = from_dict(tiny_config_dict(tiny_model_dir, tmp_path / "run", model={"load_in_4bit": False}))
+    tokenizer, base = load_tokenizer(str(tiny_model_dir)), load_base_model(cfg.model)
+    examples = [{"prompt": f"Q: {i} + 1\nA:", "completion": f" {i + 1}."} for i in range(8)]
+
+    def lora(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    monkeypatch.setattr(reuse, "_reloads_exactly", lambda model, adapter: False)  # as a rounding file would
+    with reuse.active(tmp_path / "store"):
+        model, first = train_adapter(base, tokenizer, examples, cfg, 3, tmp_path / "a", seed=1)
+        trained, after = lora(model), torch.get_rng_state()
+        base = detach_adapter(model)
+        entry = next((tmp_path / "store").glob("sft-*.pt"))
+        stored = torch.load(entry, weights_only=False)
+        assert stored["weights"] is not None
+        stored["weights"] = {n: w + 1.0 for n, w in stored["weights"].items()}  # tell the copy from the file
+        stored["dtypes"] = {n: "torch.float64" for n in stored["dtypes"]}
+        torch.save(stored, entry)
+        torch.manual_seed(123)
+        hits = reuse.hits["sft"]
+        model, second = train_adapter(base, tokenizer, examples, cfg, 3, tmp_path / "b", seed=1)
+        assert reuse.hits["sft"] == hits + 1 and second == first
+        assert torch.equal(torch.get_rng_state(), after)
+        got = lora(model)
+        assert all(torch.equal(got[n], trained[n] + 1.0) for n in trained)  # the store's weights, not the file's
+        base = detach_adapter(model)
+        stored["weights"] = None
+        torch.save(stored, entry)
+        model, _ = train_adapter(base, tokenizer, examples, cfg, 3, tmp_path / "c", seed=1)
+        assert all(p.dtype == torch.float64 for n, p in model.named_parameters() if "lora_" in n)
+        assert all(torch.equal(lora(model)[n], trained[n].double()) for n in trained)  # the file's, in its dtype
+        base = detach_adapter(model)
+        model, _ = train_adapter(base, tokenizer, examples[:4], cfg, 3, tmp_path / "d", seed=1)
+        assert reuse.hits["sft"] == hits + 2  # other examples: trained
