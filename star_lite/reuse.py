@@ -23,6 +23,7 @@ row; the comparison's seconds column and axis add them), not as time this proces
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -138,28 +139,30 @@ def fingerprint(model) -> str:
 
 CODE = ("sampling/hf.py", "sampling/prefix_decode.py", "sampling/__init__.py", "fastpaths.py", "models.py",
         "training.py", "trainers/sft.py", "trainers/args.py", "reuse.py")  # what computes a stored result
-_code_digest: list[dict[str, Any]] = []
+
+
+@functools.cache  # fixed for the process
+def _installed() -> dict[str, Any]:
+    """The libraries, star_lite's own computing code and the hardware's kernels."""
+    from importlib import metadata
+
+    h = hashlib.blake2b(digest_size=20)
+    for name in CODE:
+        h.update((Path(__file__).parent / name).read_bytes())
+    versions = {}
+    for package in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"versions": versions, "code": h.hexdigest(), "cpu": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def _environment() -> dict[str, Any]:
-    """What a result depends on outside its call: the thread count (a matmul's summation order), the
-    libraries, star_lite's own computing code, and the hardware's kernels."""
-    from importlib import metadata
-
-    if not _code_digest:  # once per process
-        h = hashlib.blake2b(digest_size=20)
-        for name in CODE:
-            h.update((Path(__file__).parent / name).read_bytes())
-        versions = {}
-        for package in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"):
-            try:
-                versions[package] = metadata.version(package)
-            except metadata.PackageNotFoundError:
-                versions[package] = None
-        _code_digest.append({"versions": versions, "code": h.hexdigest(),
-                             "cpu": torch.backends.cpu.get_cpu_capability(),
-                             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
-    return {"threads": torch.get_num_threads(), **_code_digest[0]}
+    """What a result depends on outside its call: the thread count (a matmul's summation order) and what is
+    installed (``_installed``)."""
+    return {"threads": torch.get_num_threads(), **_installed()}
 
 
 def _key(kind: str, *parts: Any) -> str:
@@ -171,10 +174,10 @@ def _key(kind: str, *parts: Any) -> str:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every random generator's state: torch's (``_torch_rng_state``), Python's and numpy's (an SFT seeds all)."""
     import numpy as np
 
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python": random.getstate(), "numpy": np.random.get_state()}
+    return {**_torch_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -232,8 +235,6 @@ def memoized_generate(generate, settings: dict[str, Any]):
     there. A call stored unfinished (stopped by its callback) and replayed to its end without being stopped
     goes on computing from the next batch, from the stored state; an unfinished entry never replaces a
     finished or longer one."""
-    import functools
-
     from .sampling.base import Generation
 
     @functools.wraps(generate)
@@ -339,11 +340,10 @@ def memoized_sft(train_adapter):
     """``train_adapter`` looked up in the active store first. The store keeps where the first run saved its
     adapter and the adapter's digest (no second copy where the file holds the weights exactly); a later run
     with the same key copies that adapter to ``out_dir/adapter`` and loads it on ``base``, gets the stored
-    TrainResult, and finds the random generators
-    as training left them; where the saved file rounds the adapter's weights, the store keeps them as they were
-    in memory and sets them. An adapter since removed or changed (its run redone) is a miss."""
+    TrainResult, and finds the random generators as training left them; where the saved file rounds the
+    adapter's weights, the store keeps them as they were in memory and sets them. An adapter since removed or
+    changed (its run redone) is a miss."""
     import dataclasses
-    import functools
 
     from .models import detach_adapter, load_adapter
     from .training import TrainResult
